@@ -1,0 +1,44 @@
+"""Configuration from the environment or a settings file (pydantic-settings).
+
+``BUS_URL`` selects the backend; ``BUS_SOURCE``, ``BUS_CONNECT_TIMEOUT`` and
+``BUS_OPTIONS`` (a JSON object of backend options) complete it. A dotenv file is
+read when given (``BusSettings(_env_file="bus.env")``) or named by
+``BUS_ENV_FILE``. Backend options are validated against the backend's own
+options model when connecting, so a typo is an error, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pydantic
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["BusSettings"]
+
+
+class BusSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BUS_", env_file=os.environ.get("BUS_ENV_FILE"), extra="forbid"
+    )
+
+    url: str = "memory://"
+    """Which broker: ``memory://``, ``redis://``, ``amqp://``, ``nats://``, ``kafka://``..."""
+    source: str | None = None
+    connect_timeout: float | None = pydantic.Field(default=None, gt=0)
+    options: dict[str, Any] = pydantic.Field(default_factory=dict)
+    """Backend-specific options (``BUS_OPTIONS='{"claim_idle": 30}'``)."""
+
+    def connect_options(self) -> dict[str, Any]:
+        opts = dict(self.options)
+        if self.source is not None:
+            opts.setdefault("source", self.source)
+        if self.connect_timeout is not None:
+            opts.setdefault("connect_timeout", self.connect_timeout)
+        return opts
+
+    def __repr__(self) -> str:
+        from bus._redact import redact_url
+
+        return f"BusSettings(url={redact_url(self.url)!r}, options={sorted(self.options)})"

@@ -1,0 +1,310 @@
+"""The handler runtime behind :meth:`bus.Bus.consume`: concurrency, retries with
+backoff, dead-lettering, replies and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from bus.capabilities import Feature
+from bus.delivery import Delivery
+from bus.errors import BusClosed, BusError, DecodeError
+from bus.message import Message
+from bus.retry import Retry
+from bus.subscription import Subscription
+
+if TYPE_CHECKING:
+    from bus.backend import Backend, Start
+
+__all__ = ["Handler", "Worker", "WorkerStats"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+_Invoker = Callable[[Delivery], Awaitable[Any]]
+
+# How often the fetch loop looks at the stop flag.
+_STOP_POLL = 0.25
+# Longest pause between fetch attempts while the broker is unavailable.
+_MAX_PAUSE = 5.0
+# Lease renewal period when the backend has leases but no ack_timeout was set
+# (every backend's default lease is at least 30 s).
+_DEFAULT_HEARTBEAT = 10.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters since the worker started (for progress and health endpoints)."""
+
+    received: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+
+
+def _payload_getter(into: Any) -> Callable[[Delivery], Any]:
+    def get(d: Delivery) -> Any:
+        return d.message.decode(into)
+
+    return get
+
+
+def build_invoker(handler: Handler) -> _Invoker:
+    """Inspect ``handler`` once and return ``invoke(delivery) -> result``.
+
+    Each parameter gets, by its annotation: ``bus.Delivery`` the delivery,
+    ``bus.Message`` (or no annotation) the message, anything else the payload
+    decoded into that type (pydantic model, ``bytes``, ``str``, ``dict``, ...).
+    Sync handlers run in a worker thread so they cannot block the event loop.
+    """
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, got {handler!r}")
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception:  # unresolvable forward refs: fall back to raw annotations
+        hints = {}
+    params = [
+        p
+        for p in inspect.signature(handler).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not params:
+        raise TypeError("handler must take at least one parameter (payload, message or delivery)")
+
+    getters: list[Callable[[Delivery], Any]] = []
+    for param in params:
+        ann = hints.get(param.name, param.annotation)
+        if ann is Delivery:
+            getters.append(lambda d: d)
+        elif ann is Message or ann is inspect.Parameter.empty:
+            getters.append(lambda d: d.message)
+        else:
+            getters.append(_payload_getter(ann))
+
+    is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - callable objects
+    )
+
+    if is_async:
+
+        async def invoke(d: Delivery) -> Any:
+            return await handler(*[get(d) for get in getters])
+
+    else:
+
+        async def invoke(d: Delivery) -> Any:
+            args = [get(d) for get in getters]
+            return await asyncio.to_thread(handler, *args)
+
+    return invoke
+
+
+class Worker:
+    """Runs a handler over a group subscription.
+
+    ``await worker.run()`` consumes until :meth:`stop`; ``async with worker:`` starts
+    it in the background and stops it gracefully on exit.
+
+    Per delivery: success acks (and replies with the return value when the message
+    asked for a reply and the handler did not reply itself); an exception nacks with
+    ``retry.backoff`` until ``retry.max_attempts`` deliveries were made, then
+    dead-letters with the error in the ``bus-dlq-*`` headers (or drops it, logged,
+    when ``dead_letter=False``); an undecodable payload is dead-lettered at once,
+    since retrying cannot fix it. A handler that settles the delivery itself is
+    left alone.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        topic: str,
+        handler: Handler,
+        *,
+        group: str,
+        concurrency: int,
+        retry: Retry,
+        dead_letter: bool,
+        prefetch: int,
+        start: Start,
+        on_stop: Callable[[Worker], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.concurrency = concurrency
+        self.retry = retry
+        self.dead_letter = dead_letter
+        self.stats = WorkerStats()
+        self._invoke = build_invoker(handler)
+        self._subscription = Subscription(
+            backend, topic, group=group, start=start, prefetch=prefetch
+        )
+        self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._stopping = False
+        self._started = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._on_stop = on_stop
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat_every: float | None = None
+        if backend.capabilities.supports(Feature.LEASE):
+            lease = backend.options.ack_timeout
+            self._heartbeat_every = lease / 3 if lease else _DEFAULT_HEARTBEAT
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.topic!r} group={self.group!r} concurrency={self.concurrency}>"
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called. Raises what the subscription raises."""
+        if self._runner is None:
+            self._runner = asyncio.current_task()
+        await self._subscription.open()
+        if self._heartbeat_every is not None and self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._renew_leases(self._heartbeat_every))
+        self._started.set()
+        failures = 0
+        while not self._stopping:
+            await self._slots.acquire()
+            try:
+                delivery = await self._subscription.receive(timeout=_STOP_POLL)
+            except TimeoutError:
+                self._slots.release()
+                continue
+            except BusClosed:
+                self._slots.release()
+                break
+            except BusError as exc:
+                # The backend gave up reconnecting for now. A worker is a long-lived
+                # service: keep trying (with backoff) instead of dying silently.
+                self._slots.release()
+                failures += 1
+                pause = min(_MAX_PAUSE, 0.1 * 2**failures)
+                log.warning("%r: fetch failed (%s); retrying in %.1fs", self, exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            failures = 0
+            self.stats.received += 1
+            task = asyncio.create_task(self._handle(delivery))
+            self._inflight[task] = delivery
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        del self._inflight[task]
+        self._slots.release()
+
+    async def _renew_leases(self, every: float) -> None:
+        """Keep the leases of held deliveries (running or waiting) from expiring, so a
+        long job is not handed to another member while this worker is alive."""
+        while True:
+            await asyncio.sleep(every)
+            for delivery in [*self._inflight.values(), *self._subscription.buffered()]:
+                if delivery.settled is None:
+                    with contextlib.suppress(BusError):
+                        await delivery.in_progress()
+
+    async def started(self) -> None:
+        """Wait until the worker's subscription is live."""
+        await self._started.wait()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            result = await self._invoke(delivery)
+        except asyncio.CancelledError:
+            # stop() ran out of time: give the message back for another member
+            with contextlib.suppress(BusError):
+                await delivery.nack()
+            raise
+        except DecodeError as exc:
+            await self._give_up(delivery, f"undecodable payload: {exc}", exc)
+            return
+        except Exception as exc:
+            await self._failed(delivery, exc)
+            return
+        try:
+            if delivery.message.reply_to and not delivery.replied and delivery.settled is None:
+                await delivery.reply(result)
+            if delivery.settled is None:
+                await delivery.ack()
+            self.stats.succeeded += 1
+        except BusError:
+            log.warning("settling %s failed; it will be redelivered", delivery, exc_info=True)
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        if delivery.settled is not None:
+            return
+        if delivery.attempt < self.retry.max_attempts:
+            self.stats.retried += 1
+            log.debug("handler failed on %s; retrying", delivery, exc_info=exc)
+            try:
+                await delivery.nack(delay=self.retry.backoff.delay(delivery.attempt))
+            except BusError:
+                log.warning("nack of %s failed; it will be redelivered", delivery, exc_info=True)
+            return
+        await self._give_up(delivery, f"{type(exc).__name__}: {exc}", exc)
+
+    async def _give_up(self, delivery: Delivery, reason: str, exc: Exception) -> None:
+        if delivery.settled is not None:
+            return
+        try:
+            if self.dead_letter:
+                self.stats.dead_lettered += 1
+                log.warning("dead-lettering %s: %s", delivery, reason, exc_info=exc)
+                await delivery.dead_letter(reason, error_type=type(exc).__qualname__)
+            else:
+                self.stats.dropped += 1
+                log.error("dropping %s after failure: %s", delivery, reason, exc_info=exc)
+                await delivery.ack()
+        except BusError:
+            log.warning("settling %s failed; it will be redelivered", delivery, exc_info=True)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop fetching, let in-flight handlers finish for up to ``timeout`` seconds,
+        cancel (and nack) the rest, then close the subscription. Idempotent."""
+        self._stopping = True
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError, BusError):
+                await self._runner
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._subscription.close()
+        if self._on_stop is not None:
+            self._on_stop(self)
+
+    async def __aenter__(self) -> Worker:
+        self._runner = asyncio.create_task(self.run(), name=f"bus-worker-{self.topic}")
+        started = asyncio.create_task(self._started.wait())
+        done, _ = await asyncio.wait({self._runner, started}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            started.cancel()
+            self._runner.result()  # raise the start-up failure
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
