@@ -1,0 +1,133 @@
+"""Messages on the wire: CloudEvents binary-mode headers in NATS headers.
+
+Every attribute travels as a native NATS header (``bus.envelope.to_headers``) and
+the payload as the message body, untouched. NATS headers are HTTP-flavoured: a
+name is an RFC 7230 token, a value a single line whose leading / trailing
+whitespace the client strips. A header that would not survive that (a name with
+a space or ``:``, a value with a line break or edge whitespace, a name starting
+with ``Nats-`` that the server would interpret, or ``Status`` / ``Description``
+that the client uses for status messages) is carried instead inside one JSON
+header, ``bus-hx``, and restored on receipt. Normal headers never need it.
+
+``Nats-Msg-Id`` carries the message id, so the stream's duplicate window drops a
+retried publish. Headers the server adds (``Nats-*``) are not user headers and
+are removed on receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from bus.envelope import from_headers, to_headers
+from bus.errors import DecodeError
+from bus.message import Message
+
+__all__ = ["ESCAPED", "MSG_ID", "AckMeta", "ack_meta", "decode", "encode", "wire_size"]
+
+MSG_ID = "Nats-Msg-Id"
+ESCAPED = "bus-hx"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CLIENT_NAMES = frozenset({"status", "description"})
+# "NATS/1.0\r\n" ... "\r\n"
+_HEADER_FRAME = 12
+
+
+def _native_name(name: str) -> bool:
+    lower = name.lower()
+    return (
+        _TOKEN.fullmatch(name) is not None
+        and not lower.startswith("nats-")
+        and lower not in _CLIENT_NAMES
+    )
+
+
+def _native_value(value: str) -> bool:
+    if value != value.strip() or "\r" in value or "\n" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+def encode(message: Message, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The NATS headers of ``message`` (plus ``extra`` library headers)."""
+    headers: dict[str, str] = {}
+    escaped: dict[str, str] = {}
+    for name, value in to_headers(message).items():
+        if _native_name(name) and _native_value(value):
+            headers[name] = value
+        else:
+            escaped[name] = value
+    if extra:
+        headers.update(extra)
+    if escaped:
+        headers[ESCAPED] = json.dumps(escaped, ensure_ascii=True, separators=(",", ":"))
+    headers[MSG_ID] = message.id
+    return headers
+
+
+def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
+    """Bytes the server counts against ``max_payload`` (header block + body)."""
+    size = _HEADER_FRAME + len(payload)
+    for name, value in headers.items():
+        size += len(name) + len(value.encode("utf-8", "surrogatepass")) + 4
+    return size
+
+
+def decode(topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Message:
+    """Rebuild the :class:`Message` published to ``topic``.
+
+    A message published by a plain NATS client (no ``ce-id``) gets its
+    ``Nats-Msg-Id``, else ``fallback_id`` (stream and sequence), as id, so it can
+    still be consumed and settled.
+    """
+    clean: dict[str, str] = {}
+    msg_id = fallback_id
+    if headers:
+        for name, value in headers.items():
+            if name[:5].lower() == "nats-":
+                if name == MSG_ID:
+                    msg_id = value
+                continue
+            if name == ESCAPED:
+                try:
+                    restored = json.loads(value)
+                except ValueError as exc:
+                    raise DecodeError(f"malformed {ESCAPED} header on {topic!r}") from exc
+                if isinstance(restored, dict):
+                    clean.update({str(k): str(v) for k, v in restored.items()})
+                continue
+            clean[name] = value
+    if "ce-id" not in clean:
+        clean["ce-id"] = msg_id
+    return from_headers(topic, data, clean)
+
+
+class AckMeta(NamedTuple):
+    """What the ``$JS.ACK`` reply subject of a delivery says about it."""
+
+    stream: str
+    consumer: str
+    delivered: int
+    stream_seq: int
+
+
+def ack_meta(reply: str) -> AckMeta | None:
+    """Parse ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``
+    (and the v2 form with domain and account hash); None if it is not one."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    base = 2 if n == 9 else 4
+    try:
+        return AckMeta(tokens[base], tokens[base + 1], int(tokens[base + 2]), int(tokens[base + 3]))
+    except (ValueError, IndexError):
+        return None
