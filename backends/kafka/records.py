@@ -1,0 +1,94 @@
+"""Messages <-> Kafka records (CloudEvents Kafka binding, binary mode).
+
+The payload is the record value, untouched; every attribute is a record header with
+the binding's ``ce_`` prefix (``ce_id``, ``ce_type``, ``content-type``, ...); the
+message key is also the record key (so the default partitioner keeps per-key order).
+
+Records written by the bus itself for redelivery carry bookkeeping headers, stripped
+before the message reaches the user:
+
+``bus-attempt``      attempt number of the next delivery (absent: 1)
+``bus-group``        the only group this copy is for (other groups and broadcast
+                     subscribers skip it)
+``bus-not-before``   Unix time in ms before which no consumer delivers it
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+from bus import codec
+from bus.envelope import from_headers, to_headers
+from bus.errors import DecodeError
+from bus.message import Message
+
+__all__ = [
+    "ATTEMPT",
+    "GROUP",
+    "NOT_BEFORE",
+    "PREFIX",
+    "RecordHeaders",
+    "decode_headers",
+    "encode_headers",
+    "to_message",
+]
+
+PREFIX = "ce_"
+ATTEMPT = "bus-attempt"
+GROUP = "bus-group"
+NOT_BEFORE = "bus-not-before"
+_INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE)
+
+RecordHeaders = list[tuple[str, bytes]]
+
+
+def encode_headers(message: Message, extra: Mapping[str, str] | None = None) -> RecordHeaders:
+    """The record headers of ``message`` plus bookkeeping ``extra``."""
+    headers = to_headers(message, PREFIX)
+    if extra:
+        headers.update(extra)
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+def decode_headers(raw: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Record headers as ``str -> str`` (a foreign producer's binary header value is
+    decoded with replacement characters rather than failing the whole fetch)."""
+    out: dict[str, str] = {}
+    for name, value in raw or ():
+        out[name] = "" if value is None else value.decode("utf-8", "replace")
+    return out
+
+
+def to_message(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp_ms: int,
+    headers: Mapping[str, str],
+) -> Message:
+    """Rebuild the :class:`Message` of a record.
+
+    A record without ``ce_id`` (written by a non-CloudEvents producer), or with a
+    malformed attribute, still becomes a message - id ``kafka:<topic>/<partition>/<offset>``
+    (or its ``ce_id``), the record key as key, the record time as time, every header
+    as a user header - so a foreign record is delivered rather than wedging the
+    partition.
+    """
+    data = value or b""
+    user = {k: v for k, v in headers.items() if k not in _INTERNAL}
+    try:
+        return from_headers(topic, data, user, PREFIX)
+    except DecodeError:
+        pass  # not (or malformed) CloudEvents: deliver it as a plain record
+    return Message(
+        id=user.get(PREFIX + "id") or f"kafka:{topic}/{partition}/{offset}",
+        topic=topic,
+        data=data,
+        time=dt.datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, dt.UTC),
+        content_type=user.pop("content-type", codec.OCTET_STREAM),
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        headers=user,
+    )
