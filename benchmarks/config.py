@@ -1,0 +1,287 @@
+"""Typed benchmark configuration and the named profiles.
+
+A profile is a complete :class:`BenchConfig`; ``--set a.b=value`` overrides one
+field (validated like the rest). The same settings drive the library and the
+raw-client side of every workload, and the whole config is written into the
+results, so a figure can always be traced back to what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import pydantic
+
+__all__ = [
+    "PROFILES",
+    "WORKLOADS",
+    "BenchConfig",
+    "apply_overrides",
+    "profile",
+]
+
+WorkloadName = Literal[
+    "confirmed_publish",
+    "batched_publish",
+    "consume_ack",
+    "latency",
+    "fanout",
+    "scaling",
+    "sizes",
+    "job_roundtrip",
+    "rpc",
+]
+WORKLOADS: tuple[WorkloadName, ...] = (
+    "confirmed_publish",
+    "batched_publish",
+    "consume_ack",
+    "latency",
+    "fanout",
+    "scaling",
+    "sizes",
+    "job_roundtrip",
+    "rpc",
+)
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfirmedPublish(_Model):
+    """One message at a time, each awaited until the broker confirmed it."""
+
+    count: int = pydantic.Field(default=1000, ge=1)
+
+
+class BatchedPublish(_Model):
+    """``publish_many`` of ``batch`` messages (raw: pipeline / concurrent confirms)."""
+
+    count: int = pydantic.Field(default=10_000, ge=1)
+    batch: int = pydantic.Field(default=100, ge=1)
+
+
+class ConsumeAck(_Model):
+    """Drain a backlog of ``count`` messages through one group member, acking each."""
+
+    count: int = pydantic.Field(default=10_000, ge=1)
+
+
+class Ramp(_Model):
+    """Find the highest rate whose p99 stays under ``p99_limit_ms`` and whose achieved
+    rate is within 5% of the target: start, multiply by ``factor`` until it fails."""
+
+    enabled: bool = False
+    start: int = pydantic.Field(default=1000, ge=1)
+    factor: float = pydantic.Field(default=1.6, gt=1)
+    max_rate: int = pydantic.Field(default=40_000, ge=1)
+    step_s: float = pydantic.Field(default=2.0, gt=0)
+    p99_limit_ms: float = pydantic.Field(default=100.0, gt=0)
+
+
+class Latency(_Model):
+    """Publish at fixed rates; latency = handler time - *intended* send time
+    (coordinated-omission-aware, OpenMessaging style)."""
+
+    rates: list[int] = pydantic.Field(default_factory=lambda: [500, 2000])
+    duration_s: float = pydantic.Field(default=3.0, gt=0)
+    runs: int | None = pydantic.Field(default=None, ge=1)
+    """Measured runs per rate (default: the config's ``runs``); latency runs are long
+    enough that fewer of them keep the quick profile within its time budget."""
+    warmup_s: float = pydantic.Field(default=0.5, ge=0)
+    max_in_flight: int = pydantic.Field(default=16, ge=1)
+    """Publish calls in flight at once; each sends every message due at its tick."""
+    ramp: Ramp = pydantic.Field(default_factory=Ramp)
+
+
+class FanOut(_Model):
+    """One topic, ``groups`` groups of one consumer each; every group gets every message."""
+
+    groups: int = pydantic.Field(default=4, ge=1)
+    count: int = pydantic.Field(default=2000, ge=1)
+
+
+class Scaling(_Model):
+    """Competing consumers: 1, 2, 4 members of one group drain a backlog."""
+
+    consumers: list[int] = pydantic.Field(default_factory=lambda: [1, 2, 4])
+    count: int = pydantic.Field(default=8000, ge=1)
+
+
+class Sizes(_Model):
+    """Batched publish then drain at each message size; the count per size is
+    ``min(count, bytes_budget // size)`` so 64 KiB runs stay bounded in memory."""
+
+    sizes: list[int] = pydantic.Field(default_factory=lambda: [128, 1024, 65536])
+    count: int = pydantic.Field(default=4000, ge=1)
+    bytes_budget: int = pydantic.Field(default=32 * 1024 * 1024, ge=1024)
+
+
+class JobRoundTrip(_Model):
+    """The classify-job case: a controller publishes jobs (``publishers`` concurrent
+    confirmed publishes), a worker handles them through ``bus.consume`` with retries
+    enabled (``concurrency`` handlers). Raw side: the same publishes and a raw
+    consume + ack loop. ``fail_every`` > 0 makes every n-th job fail once on the
+    library side (exercises nack with backoff; reported, not part of the ratio)."""
+
+    count: int = pydantic.Field(default=2000, ge=1)
+    publishers: int = pydantic.Field(default=8, ge=1)
+    concurrency: int = pydantic.Field(default=8, ge=1)
+    max_attempts: int = pydantic.Field(default=3, ge=1)
+    backoff_s: float = pydantic.Field(default=0.05, ge=0)
+    fail_every: int = pydantic.Field(default=0, ge=0)
+
+
+class Rpc(_Model):
+    """Sequential ``bus.request`` round trips to a ``consume`` handler (library only:
+    the raw clients have no common request/reply idiom to compare with)."""
+
+    count: int = pydantic.Field(default=300, ge=1)
+    timeout_s: float = pydantic.Field(default=5.0, gt=0)
+
+
+class Kafka(_Model):
+    """Kafka settings shared by both sides (the raw aiokafka client and, where the
+    backend accepts them, the library's options)."""
+
+    partitions: int = pydantic.Field(default=4, ge=1)
+    fetch_max_wait_ms: int = pydantic.Field(default=10, ge=0)
+    session_timeout_ms: int = pydantic.Field(default=6000, ge=1000)
+    heartbeat_interval_ms: int = pydantic.Field(default=500, ge=100)
+    rebalance_timeout_ms: int = pydantic.Field(default=3000, ge=1000)
+    linger_ms: int = pydantic.Field(default=0, ge=0)
+    max_batch_bytes: int = pydantic.Field(default=256 * 1024, ge=1024)
+    """Producer batch size per partition (aiokafka ``max_batch_size``; 16 KiB by default,
+    which caps a pipelined publish: both sides use this)."""
+
+
+class RabbitMQ(_Model):
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    """Queue type for the raw side; match what the library's backend declares."""
+
+
+class NATS(_Model):
+    storage: Literal["file", "memory"] = "file"
+
+
+class BenchConfig(_Model):
+    profile: str = "custom"
+    runs: int = pydantic.Field(default=3, ge=1)
+    """Measured runs per figure; the figure is their median, with min/max and IQR."""
+    warmup_runs: int = pydantic.Field(default=1, ge=0)
+    message_size: int = pydantic.Field(default=1024, ge=16)
+    prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
+    """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
+    workloads: list[WorkloadName] = pydantic.Field(default_factory=lambda: list(WORKLOADS))
+    raw: bool = True
+    """Also run each broker's raw client on the same workloads."""
+    workload_timeout_s: float = pydantic.Field(default=120.0, gt=0)
+    """One workload on one target may take at most this long (then it is recorded as
+    an error and the run goes on)."""
+    confirmed_publish: ConfirmedPublish = pydantic.Field(default_factory=ConfirmedPublish)
+    batched_publish: BatchedPublish = pydantic.Field(default_factory=BatchedPublish)
+    consume_ack: ConsumeAck = pydantic.Field(default_factory=ConsumeAck)
+    latency: Latency = pydantic.Field(default_factory=Latency)
+    fanout: FanOut = pydantic.Field(default_factory=FanOut)
+    scaling: Scaling = pydantic.Field(default_factory=Scaling)
+    sizes: Sizes = pydantic.Field(default_factory=Sizes)
+    job_roundtrip: JobRoundTrip = pydantic.Field(default_factory=JobRoundTrip)
+    rpc: Rpc = pydantic.Field(default_factory=Rpc)
+    kafka: Kafka = pydantic.Field(default_factory=Kafka)
+    rabbitmq: RabbitMQ = pydantic.Field(default_factory=RabbitMQ)
+    nats: NATS = pydantic.Field(default_factory=NATS)
+    library_options: dict[str, dict[str, Any]] = pydantic.Field(default_factory=dict)
+    """Extra ``bus.connect`` options per backend scheme (``redis``, ``kafka``, ...)."""
+
+
+def _quick() -> BenchConfig:
+    return BenchConfig(
+        profile="quick",
+        runs=5,
+        warmup_runs=1,
+        confirmed_publish=ConfirmedPublish(count=500),
+        batched_publish=BatchedPublish(count=5000, batch=100),
+        consume_ack=ConsumeAck(count=5000),
+        latency=Latency(rates=[500, 2000], duration_s=2.0, warmup_s=0.5, runs=3),
+        fanout=FanOut(groups=3, count=1500),
+        scaling=Scaling(consumers=[1, 2, 4], count=3000),
+        sizes=Sizes(sizes=[128, 1024, 65536], count=2000, bytes_budget=16 * 1024 * 1024),
+        job_roundtrip=JobRoundTrip(count=1500),
+        rpc=Rpc(count=200),
+    )
+
+
+def _full() -> BenchConfig:
+    return BenchConfig(
+        profile="full",
+        runs=5,
+        warmup_runs=1,
+        confirmed_publish=ConfirmedPublish(count=3000),
+        batched_publish=BatchedPublish(count=30_000, batch=100),
+        consume_ack=ConsumeAck(count=30_000),
+        latency=Latency(
+            rates=[500, 2000, 10_000],
+            duration_s=10.0,
+            warmup_s=2.0,
+            ramp=Ramp(enabled=True, start=1000, factor=1.6, step_s=4.0),
+        ),
+        fanout=FanOut(groups=4, count=5000),
+        scaling=Scaling(consumers=[1, 2, 4], count=20_000),
+        sizes=Sizes(sizes=[128, 1024, 65536], count=10_000, bytes_budget=64 * 1024 * 1024),
+        job_roundtrip=JobRoundTrip(count=5000, fail_every=0),
+        rpc=Rpc(count=1000),
+    )
+
+
+PROFILES = {"quick": _quick, "full": _full}
+
+
+def profile(name: str) -> BenchConfig:
+    """A fresh copy of the named profile."""
+    try:
+        return PROFILES[name]()
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_parse_value(part) for part in text.split(",")]
+        return text
+
+
+def apply_overrides(config: BenchConfig, pairs: Iterable[str]) -> BenchConfig:
+    """Apply ``dotted.key=value`` overrides (values parsed as JSON when they parse,
+    ``a,b`` as a list); raises ``ValueError`` naming the bad key or value."""
+    data = config.model_dump()
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        node: Any = data
+        parts = key.split(".")
+        free = parts[0] == "library_options"  # free-form: scheme -> option -> value
+        for part in parts[:-1]:
+            if free and isinstance(node, dict):
+                node = node.setdefault(part, {})
+                continue
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"unknown setting {key!r}")
+            node = node[part]
+        if not isinstance(node, dict) or (parts[-1] not in node and not free):
+            raise ValueError(f"unknown setting {key!r}")
+        value = _parse_value(raw)
+        if parts[-1] in ("rates", "consumers", "sizes", "workloads") and not isinstance(
+            value, list
+        ):
+            value = [value]
+        node[parts[-1]] = value
+    try:
+        return BenchConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValueError(str(exc)) from None

@@ -1,0 +1,1127 @@
+"""The decision report: Markdown plus PNG charts, computed from ``results.json`` and
+the conformance results (``bus-results/conformance-<scheme>.json``).
+
+It opens with the table a platform team decides from (which broker for which
+workload, each figure with its spread), then the library's overhead against each
+raw client (the ratios the library is judged on), the capability matrix, the
+detailed figures and charts, the broker cost, the caveats and the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import PointResult, Ratio, Results
+from benchmarks.stats import Summary
+
+__all__ = ["load_conformance", "write_report"]
+
+BACKENDS = ("memory", "redis", "rabbitmq", "nats", "kafka")
+_LABEL = {
+    "memory": "memory",
+    "redis": "Redis Streams",
+    "rabbitmq": "RabbitMQ",
+    "nats": "NATS JetStream",
+    "kafka": "Kafka",
+}
+#: The URL scheme ``bus conformance URL`` names its JSON file after.
+_SCHEME = {
+    "memory": "memory",
+    "redis": "redis",
+    "rabbitmq": "amqp",
+    "nats": "nats",
+    "kafka": "kafka",
+}
+_WORKLOAD_TITLE = {
+    "confirmed_publish": "confirmed publish",
+    "batched_publish": "batched publish",
+    "consume_ack": "consume + ack",
+    "latency": "end-to-end latency",
+    "latency_ramp": "max sustainable rate",
+    "fanout": "fan-out",
+    "scaling": "competing consumers",
+    "sizes": "message sizes",
+    "job_roundtrip": "job round trip",
+    "rpc": "request/reply",
+}
+FEATURES = (
+    "broadcast",
+    "replay",
+    "key_order",
+    "delay",
+    "nack_delay",
+    "priority",
+    "dead_letter",
+    "lease",
+    "request_reply",
+    "no_responders",
+)
+
+
+def load_conformance(directory: Path, backends: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """The conformance JSON of each backend (None where the file is missing/unreadable)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for backend in backends:
+        path = directory / f"conformance-{_SCHEME.get(backend, backend)}.json"
+        try:
+            out[backend] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            out[backend] = None
+    return out
+
+
+# -- small helpers -------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(s: Summary | None, unit: str = "") -> str:
+    if s is None:
+        return "-"
+    u = f" {unit}" if unit else ""
+    if len(s.runs) <= 1:
+        return f"{_fmt(s.median)}{u}"
+    return f"{_fmt(s.median)}{u} ({_fmt(s.min)}-{_fmt(s.max)})"
+
+
+def _human(size: int) -> str:
+    if size >= 1024 and size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} B"
+
+
+def _label(backend: str) -> str:
+    return _LABEL.get(backend, backend)
+
+
+def _backends(results: Results) -> list[str]:
+    seen = [t.backend for t in results.targets]
+    ordered = [b for b in BACKENDS if b in seen]
+    return ordered + sorted(set(seen) - set(ordered))
+
+
+def _point(
+    results: Results, backend: str, side: str, workload: str, **params: Any
+) -> PointResult | None:
+    for p in results.find(backend, side, workload, **params):
+        if p.error is None:
+            return p
+    return None
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the decision table ---------------------------------------------------------------
+
+
+@dataclass
+class _Criterion:
+    profile: str
+    question: str
+    workload: str
+    metric: str
+    better: str
+    unit: str
+    params: dict[str, Any]
+    requires: tuple[str, ...] = ()
+
+
+CRITERIA = (
+    _Criterion(
+        "Job queue",
+        "jobs/s through `bus.consume` with retries enabled",
+        "job_roundtrip",
+        "jobs_s",
+        "higher",
+        "jobs/s",
+        {},
+        ("dead_letter", "nack_delay"),
+    ),
+    _Criterion(
+        "Job queue (drain a backlog)",
+        "consume + ack msg/s, one member",
+        "consume_ack",
+        "msg_s",
+        "higher",
+        "msg/s",
+        {},
+    ),
+    _Criterion(
+        "Event log",
+        "batched publish msg/s (needs replay)",
+        "batched_publish",
+        "msg_s",
+        "higher",
+        "msg/s",
+        {},
+        ("replay",),
+    ),
+    _Criterion(
+        "RPC",
+        "request/reply round trip p99 (lower wins)",
+        "rpc",
+        "p99_ms",
+        "lower",
+        "ms",
+        {},
+        ("request_reply",),
+    ),
+    _Criterion(
+        "Fan-out",
+        "deliveries/s to N groups",
+        "fanout",
+        "deliveries_s",
+        "higher",
+        "deliveries/s",
+        {},
+    ),
+    _Criterion(
+        "Low latency",
+        "end-to-end p99 at 2,000 msg/s (lower wins)",
+        "latency",
+        "p99_ms",
+        "lower",
+        "ms",
+        {"rate": 2000},
+    ),
+    _Criterion(
+        "Confirmed publish",
+        "one-at-a-time confirmed publish msg/s",
+        "confirmed_publish",
+        "msg_s",
+        "higher",
+        "msg/s",
+        {},
+    ),
+)
+
+
+def _capability_ok(
+    conformance: dict[str, dict[str, Any] | None], backend: str, features: Sequence[str]
+) -> bool | None:
+    data = conformance.get(backend)
+    if data is None:
+        return None
+    caps = data.get("capabilities", {})
+    return all(caps.get(f, {}).get("support", "unsupported") != "unsupported" for f in features)
+
+
+def decision_rows(
+    results: Results, conformance: dict[str, dict[str, Any] | None]
+) -> list[list[str]]:
+    rows = []
+    brokers = [b for b in _backends(results) if b != "memory"]
+    for c in CRITERIA:
+        candidates: list[tuple[str, Summary, str]] = []
+        excluded = []
+        for backend in brokers:
+            ok = _capability_ok(conformance, backend, c.requires) if c.requires else True
+            if ok is False:
+                excluded.append(_label(backend))
+                continue
+            marker = ""
+            p = _point(results, backend, "bus", c.workload, **c.params)
+            if p is None and c.workload != "rpc":
+                p = _point(results, backend, "raw", c.workload, **c.params)
+                marker = " (raw client)"
+            if p is None or p.metric(c.metric) is None:
+                continue
+            summary = p.metric(c.metric)
+            assert summary is not None
+            candidates.append((backend, summary, marker))
+        reverse = c.better == "higher"
+        candidates.sort(key=lambda x: x[1].median, reverse=reverse)
+        if not candidates:
+            rows.append([c.profile, c.question, "no data", "-", "-", "-"])
+            continue
+        win_b, win_s, win_m = candidates[0]
+        runner = "-"
+        margin = "only candidate"
+        if len(candidates) > 1:
+            run_b, run_s, run_m = candidates[1]
+            runner = f"{_label(run_b)}{run_m}: {_cell(run_s, c.unit)}"
+            if reverse:
+                factor = win_s.median / run_s.median if run_s.median else float("inf")
+                overlap = win_s.min <= run_s.max
+            else:
+                factor = run_s.median / win_s.median if win_s.median else float("inf")
+                overlap = win_s.max >= run_s.min
+            margin = f"{factor:.2f}x" + (" (spreads overlap: a tie)" if overlap else "")
+        note = f"; excluded (capability): {', '.join(excluded)}" if excluded else ""
+        rows.append(
+            [
+                c.profile,
+                c.question + note,
+                f"**{_label(win_b)}**{win_m}",
+                _cell(win_s, c.unit),
+                runner,
+                margin,
+            ]
+        )
+    return rows
+
+
+# -- charts ---------------------------------------------------------------------------
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+_COLORS = {
+    "memory": "#7f7f7f",
+    "redis": "#d62728",
+    "rabbitmq": "#ff7f0e",
+    "nats": "#2ca02c",
+    "kafka": "#1f77b4",
+}
+
+
+def _chart_throughput(results: Results, out: Path) -> str | None:
+    panels = [
+        ("confirmed_publish", "msg_s", "confirmed publish (msg/s)"),
+        ("batched_publish", "msg_s", "batched publish (msg/s)"),
+        ("consume_ack", "msg_s", "consume + ack (msg/s)"),
+        ("fanout", "deliveries_s", "fan-out (deliveries/s)"),
+        ("job_roundtrip", "jobs_s", "job round trip (jobs/s)"),
+    ]
+    backends = _backends(results)
+    if not results.points:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+    width = 0.38
+    for ax, (workload, metric, title) in zip(axes, panels, strict=True):
+        for j, side in enumerate(("bus", "raw")):
+            xs, ys, lo, hi, colors = [], [], [], [], []
+            for i, backend in enumerate(backends):
+                p = _point(results, backend, side, workload)
+                s = p.metric(metric) if p else None
+                if s is None:
+                    continue
+                xs.append(i + (j - 0.5) * width)
+                ys.append(s.median)
+                lo.append(s.median - s.min)
+                hi.append(s.max - s.median)
+                colors.append(_COLORS.get(backend, "#333333"))
+            if xs:
+                ax.bar(
+                    xs,
+                    ys,
+                    width,
+                    yerr=[lo, hi],
+                    color=colors,
+                    alpha=1.0 if side == "bus" else 0.45,
+                    hatch="" if side == "bus" else "//",
+                    edgecolor="black",
+                    linewidth=0.5,
+                    capsize=3,
+                )
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(backends)))
+        ax.set_xticklabels([_label(b).split(" ")[0] for b in backends], rotation=30, fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="#bbbbbb", edgecolor="black", label="bus (library)"),
+        Patch(facecolor="#bbbbbb", edgecolor="black", hatch="//", alpha=0.45, label="raw client"),
+    ]
+    axes[0].legend(handles=handles, fontsize=8, loc="upper right")
+    fig.suptitle("Throughput: median of runs, bars = min-max; solid = library, hatched = raw")
+    fig.tight_layout()
+    name = "throughput.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _chart_latency(results: Results, out: Path) -> list[str]:
+    rates = sorted(
+        {
+            int(p.params["rate"])
+            for p in results.points
+            if p.workload == "latency" and "rate" in p.params
+        }
+    )
+    names: list[str] = []
+    if not rates:
+        return names
+    plt = _plt()
+    for rate in rates:
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        plotted = 0
+        for backend in _backends(results):
+            for side in ("bus", "raw"):
+                p = _point(results, backend, side, "latency", rate=rate)
+                if p is None or not p.curve_ms:
+                    continue
+                pts = [(pct, ms) for pct, ms in p.curve_ms if pct < 100]
+                xs = [1 / (1 - pct / 100) for pct, _ in pts]
+                ys = [max(ms, 0.001) for _, ms in pts]
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    markersize=3,
+                    color=_COLORS.get(backend, "#333"),
+                    linestyle="-" if side == "bus" else "--",
+                    label=f"{_label(backend)} {'bus' if side == 'bus' else 'raw'}",
+                )
+                plotted += 1
+        if not plotted:
+            plt.close(fig)
+            continue
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [0, 50, 90, 99, 99.9, 99.99]
+        ax.set_xticks([1 / (1 - t / 100) for t in ticks])
+        ax.set_xticklabels([f"p{t:g}" for t in ticks])
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_xlabel("percentile")
+        ax.set_title(
+            f"End-to-end latency at {rate:,} msg/s (from intended send time; solid = library)"
+        )
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        name = f"latency_{rate}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _chart_lines(
+    results: Results,
+    out: Path,
+    *,
+    workload: str,
+    param: str,
+    metrics: Sequence[tuple[str, str]],
+    title: str,
+    name: str,
+    logx: bool = False,
+) -> str | None:
+    if not any(p.workload == workload for p in results.points):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(6.0 * len(metrics) + 2.5, 4.5), squeeze=False
+    )
+    for ax, (metric, ylabel) in zip(axes[0], metrics, strict=True):
+        for backend in _backends(results):
+            for side in ("bus", "raw"):
+                pts = sorted(
+                    (
+                        (p.params[param], p.metrics[metric])
+                        for p in results.find(backend, side, workload)
+                        if p.error is None and metric in p.metrics and param in p.params
+                    ),
+                    key=lambda x: x[0],
+                )
+                if not pts:
+                    continue
+                xs = [x for x, _ in pts]
+                ys = [s.median for _, s in pts]
+                lo = [s.median - s.min for _, s in pts]
+                hi = [s.max - s.median for _, s in pts]
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[lo, hi],
+                    marker="o",
+                    capsize=3,
+                    color=_COLORS.get(backend, "#333"),
+                    linestyle="-" if side == "bus" else "--",
+                    label=f"{_label(backend)} {side}",
+                )
+        ax.set_xlabel(param)
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log", base=2)
+        values = sorted({p.params[param] for p in results.points if param in p.params})
+        if values and workload in ("sizes", "scaling"):
+            ax.set_xticks(values)
+            ax.set_xticklabels([_human(v) if param == "size" else str(v) for v in values])
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _chart_ratios(results: Results, out: Path) -> str | None:
+    judged = [r for r in results.ratios if r.target is not None]
+    if not judged:
+        return None
+    plt = _plt()
+    workloads = ["confirmed_publish", "batched_publish", "consume_ack", "latency"]
+    backends = [b for b in _backends(results) if any(r.backend == b for r in judged)]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4))
+    for ax, workload in zip(axes, workloads, strict=True):
+        rs = {r.backend: r for r in judged if r.workload == workload}
+        xs = list(range(len(backends)))
+        for i, backend in enumerate(backends):
+            r = rs.get(backend)
+            if r is None:
+                continue
+            color = "#2ca02c" if r.meets else "#d62728"
+            ax.bar(
+                i,
+                r.ratio,
+                color=color,
+                yerr=[[max(0.0, r.ratio - r.low)], [max(0.0, r.high - r.ratio)]],
+                capsize=3,
+            )
+        target = next((r.target for r in rs.values() if r.target is not None), None)
+        if target is not None:
+            ax.axhline(target, color="black", linestyle="--", linewidth=1)
+        better = "lower is better" if workload == "latency" else "higher is better"
+        ax.set_title(f"{_WORKLOAD_TITLE[workload]}\n(bus/raw, {better})", fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_label(b).split(" ")[0] for b in backends], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Library / raw client (dashed line = target; green = meets it)")
+    fig.tight_layout()
+    name = "ratios.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+# -- markdown sections ------------------------------------------------------------------
+
+
+def _ratio_cell(r: Ratio | None) -> str:
+    if r is None:
+        return "-"
+    mark = ""
+    if r.verdict == "meets" or (r.verdict is None and r.meets is True):
+        mark = " ✅"
+    elif r.verdict == "misses" or (r.verdict is None and r.meets is False):
+        mark = " ❌"
+    elif r.verdict == "inconclusive":
+        mark = " ≈✅" if r.meets else " ≈❌"
+    target = ""
+    if r.target is not None:
+        target = f" (target {'≥' if r.better == 'higher' else '≤'} {r.target:g})"
+    return f"{r.ratio:.2f} [{r.low:.2f}-{r.high:.2f}]{mark}{target}"
+
+
+def _ratio_section(results: Results) -> str:
+    backends = [b for b in _backends(results) if b != "memory"]
+    cols = [
+        ("confirmed_publish", "msg_s", {}),
+        ("batched_publish", "msg_s", {}),
+        ("consume_ack", "msg_s", {}),
+        ("latency", "p99_ms", {"rate": 2000}),
+        ("job_roundtrip", "jobs_s", {}),
+        ("fanout", "deliveries_s", {}),
+    ]
+    header = ["backend"] + [
+        _WORKLOAD_TITLE[w] + (" p99 @2,000/s" if w == "latency" else "") for w, _, _ in cols
+    ]
+    rows = []
+    for backend in backends:
+        row = [_label(backend)]
+        for workload, metric, params in cols:
+            found = [
+                r
+                for r in results.ratios
+                if r.backend == backend
+                and r.workload == workload
+                and r.metric == metric
+                and all(r.params.get(k) == v for k, v in params.items())
+            ]
+            row.append(_ratio_cell(found[0] if found else None))
+        rows.append(row)
+    missing = []
+    for backend in backends:
+        sides = {t.side: t for t in results.targets if t.backend == backend}
+        for side in ("bus", "raw"):
+            t = sides.get(side)
+            if t is None:
+                missing.append(f"{_label(backend)} {side}: not run")
+            elif t.status != "ok":
+                missing.append(f"{_label(backend)} {side}: {t.reason.splitlines()[0][:200]}")
+    text = [
+        "Each cell: median ratio [pessimistic-optimistic bound from the run min-max]. "
+        "Throughput ratios are library/raw (higher is better); the latency ratio is "
+        "library p99 / raw p99 (lower is better). ✅ / ❌: the ratio's range from the "
+        "interquartile ranges of both sides is entirely on the good / bad side of the "
+        "target; ≈✅ / ≈❌: that range straddles the target and only the median meets / "
+        "misses it, so the run-to-run noise decides.",
+        "",
+        _table(header, rows) if rows else "_No broker was measured on both sides._",
+    ]
+    judged = [r for r in results.ratios if r.meets is not None]
+    if judged:
+
+        def names(rs: Iterable[Ratio]) -> str:
+            return ", ".join(f"{_label(r.backend)} {_WORKLOAD_TITLE[r.workload]}" for r in rs)
+
+        met = [r for r in judged if r.meets]
+        clear_miss = [r for r in judged if not r.meets and r.verdict != "inconclusive"]
+        close_miss = [r for r in judged if not r.meets and r.verdict == "inconclusive"]
+        line = f"Targets met (median ratio): {len(met)} of {len(judged)}."
+        if clear_miss:
+            line += f" Missed: {names(clear_miss)}."
+        if close_miss:
+            line += f" Missed within the noise: {names(close_miss)}."
+        text += ["", line]
+    if missing:
+        text += ["", "Not measured:", ""] + [f"- {m}" for m in missing]
+    others = [
+        r
+        for r in results.ratios
+        if r.workload in ("scaling", "sizes", "latency") and r.target is None
+    ]
+    if others:
+        text += [
+            "",
+            "Other ratios (library/raw; latency rows are p99 bus/raw):",
+            "",
+            _table(
+                ["backend", "workload", "parameters", "metric", "bus", "raw", "ratio [bounds]"],
+                [
+                    [
+                        _label(r.backend),
+                        _WORKLOAD_TITLE.get(r.workload, r.workload),
+                        ", ".join(
+                            f"{k}={v}"
+                            for k, v in r.params.items()
+                            if k in ("consumers", "size", "rate")
+                        ),
+                        r.metric,
+                        _fmt(r.bus),
+                        _fmt(r.raw),
+                        _ratio_cell(r),
+                    ]
+                    for r in others
+                ],
+            ),
+        ]
+    return "\n".join(text)
+
+
+def _capability_section(results: Results, conformance: dict[str, dict[str, Any] | None]) -> str:
+    backends = _backends(results)
+    header = ["feature"] + [_label(b) for b in backends]
+    rows = []
+    for feature in FEATURES:
+        row = [f"`{feature}`"]
+        for backend in backends:
+            data = conformance.get(backend)
+            if data is None:
+                row.append("?")
+                continue
+            cap = data.get("capabilities", {}).get(feature)
+            row.append(cap.get("support", "?") if cap else "?")
+        rows.append(row)
+    summary = ["conformance (pass/fail/skip)"]
+    for backend in backends:
+        data = conformance.get(backend)
+        if data is None:
+            summary.append("no results")
+        else:
+            s = data.get("summary", {})
+            summary.append(f"{s.get('pass', 0)}/{s.get('fail', 0)}/{s.get('skip', 0)}")
+    rows.append(summary)
+    missing = [b for b in backends if conformance.get(b) is None]
+    text = [_table(header, rows)]
+    if missing:
+        text += [
+            "",
+            "No conformance results for: "
+            + ", ".join(_label(b) for b in missing)
+            + " (run `bus conformance URL`, which writes `bus-results/conformance-<scheme>.json`; "
+            "`?` = unknown).",
+        ]
+    failing = []
+    for backend in backends:
+        data = conformance.get(backend)
+        if data:
+            failing += [
+                f"{_label(backend)}: `{s['name']}` - {s.get('reason', '')[:160]}"
+                for s in data.get("scenarios", [])
+                if s.get("status") == "fail"
+            ]
+    if failing:
+        text += ["", "Failing conformance scenarios:", ""] + [f"- {f}" for f in failing]
+    return "\n".join(text)
+
+
+def _workload_table(
+    results: Results,
+    workload: str,
+    metrics: Sequence[tuple[str, str]],
+    params: Sequence[str] = (),
+) -> str:
+    rows = []
+    for backend in _backends(results):
+        for side in ("bus", "raw"):
+            for p in results.find(backend, side, workload):
+                if p.error:
+                    rows.append(
+                        [_label(backend), side]
+                        + ["" for _ in params]
+                        + [f"error: {p.error[:100]}"]
+                        + ["" for _ in metrics[1:]]
+                    )
+                    continue
+                rows.append(
+                    [_label(backend), side]
+                    + [str(p.params.get(k, "")) for k in params]
+                    + [_cell(p.metric(m)) for m, _ in metrics]
+                )
+    if not rows:
+        return "_not measured_"
+    return _table(["backend", "side", *params, *[label for _, label in metrics]], rows)
+
+
+def _messages(p: PointResult) -> float | None:
+    """Messages the broker handled in one timed run of ``p`` (for CPU per message)."""
+    params = p.params
+    count = params.get("count")
+    if p.workload == "latency":
+        return float(params.get("rate", 0) * params.get("duration_s", 0)) or None
+    if p.workload == "fanout" and count:
+        return float(count * params.get("groups", 1))
+    if p.workload == "rpc" and count:
+        return float(2 * count)
+    if p.workload == "sizes" and count:
+        return float(count)  # the drain (the publish is metered in the same run)
+    return float(count) if count else None
+
+
+def _cost_section(results: Results) -> str:
+    rows = []
+    keys: list[tuple[str, str, str]] = []
+    by_key: dict[tuple[str, str, str], dict[str, PointResult]] = {}
+    for p in results.points:
+        if p.broker_cpu_s is None or p.backend == "memory" or p.error:
+            continue
+        params = ", ".join(
+            f"{k}={v}" for k, v in p.params.items() if k in ("rate", "consumers", "size", "groups")
+        )
+        key = (p.backend, p.workload, params)
+        if key not in by_key:
+            keys.append(key)
+        by_key.setdefault(key, {})[p.side] = p
+
+    def cpu(p: PointResult | None) -> str:
+        if p is None or p.broker_cpu_s is None:
+            return "-"
+        n = _messages(p)
+        per_k = f" = {1000 * 1000 * p.broker_cpu_s.median / n:.2f} ms/1k msg" if n else ""
+        return f"{_fmt(p.broker_cpu_s.median)} s{per_k}"
+
+    def rss(p: PointResult | None) -> str:
+        if p is None or p.broker_peak_rss_mb is None:
+            return "-"
+        return f"{_fmt(p.broker_peak_rss_mb.max)} MiB"
+
+    for backend, workload, params in keys:
+        pair = by_key[(backend, workload, params)]
+        rows.append(
+            [
+                _label(backend),
+                _WORKLOAD_TITLE.get(workload, workload),
+                params,
+                cpu(pair.get("bus")),
+                cpu(pair.get("raw")),
+                rss(pair.get("bus")),
+                rss(pair.get("raw")),
+            ]
+        )
+    if not rows:
+        return "_No broker ran on this machine where its process could be inspected._"
+    return (
+        "Broker process CPU (user+system, children included) over each timed run (median), "
+        "also per 1,000 messages handled, and the broker's peak resident memory over the "
+        "runs (sampled every 100 ms). A shared broker also serves other clients meanwhile, "
+        "and its memory carries what earlier workloads left; CPU ticks are 10 ms, so small "
+        "values are coarse.\n\n"
+        + _table(
+            [
+                "backend",
+                "workload",
+                "parameters",
+                "broker CPU, library",
+                "broker CPU, raw",
+                "peak RSS, library",
+                "peak RSS, raw",
+            ],
+            rows,
+        )
+    )
+
+
+def _noise(results: Results) -> tuple[str, str]:
+    """(one-line summary, per-target table) of other processes' CPU use."""
+    import statistics
+
+    per_target: dict[str, list[float]] = {}
+    for p in results.points:
+        if p.other_load_pct is not None:
+            per_target.setdefault(p.target, []).extend(p.other_load_pct.runs)
+    values = [v for vs in per_target.values() for v in vs]
+    if not values:
+        return "", ""
+    line = (
+        f"Other processes used a median {statistics.median(values):.0f}% "
+        f"(max {max(values):.0f}%) of the machine's CPU during the timed runs."
+    )
+    rows = [
+        [
+            target,
+            f"{statistics.median(vs):.0f}%",
+            f"{min(vs):.0f}%",
+            f"{max(vs):.0f}%",
+        ]
+        for target, vs in per_target.items()
+    ]
+    table = (
+        "CPU used by processes other than the benchmark and the measured broker, as a share "
+        "of all cores, over each timed run (other engineers' tests, other brokers). High "
+        "values mark figures taken under contention.\n\n"
+        + _table(["target", "median", "min", "max"], rows)
+    )
+    return line, table
+
+
+def _environment_section(results: Results) -> str:
+    env = results.environment
+    lines = [
+        f"- Python {env.get('python')} ({env.get('implementation')}), {env.get('platform')}",
+        f"- CPU: {env.get('cpu_count')} x {env.get('cpu_model')}; "
+        f"memory {env.get('memory_gib')} GiB",
+        f"- load average at start {env.get('load_average_start')}, at end "
+        f"{env.get('load_average_end')}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
+    ]
+    packages = env.get("packages") or {}
+    if packages.get("redis") and not packages.get("hiredis"):
+        lines.append(
+            "- hiredis is not installed: redis-py parses replies in pure Python on both sides "
+            "(it weighs on every Redis figure, more so where an entry carries many fields)"
+        )
+    seen = set()
+    for t in results.targets:
+        if t.backend in seen:
+            continue
+        seen.add(t.backend)
+        b = t.broker
+        impl = b.get("implementation", "?")
+        version = b.get("version", "")
+        where = "this machine" if b.get("local") else "elsewhere / unknown"
+        lines.append(
+            f"- {_label(t.backend)}: {impl} {version} at `{t.url}` "
+            f"(found: {t.origin}; runs on {where})"
+        )
+    return "\n".join(lines)
+
+
+def _settings_section(results: Results) -> str:
+    cfg = results.config
+    lines = [
+        f"- profile `{results.profile}`: {cfg.get('warmup_runs')} warm-up + {cfg.get('runs')} "
+        "measured runs per figure (latency: "
+        f"{(cfg.get('latency') or {}).get('runs') or cfg.get('runs')} runs per rate after a "
+        "warm-up at that rate); figures are medians with (min-max) of the runs. Library "
+        "and raw client run back to back for each workload.",
+        f"- message size {cfg.get('message_size')} B unless stated; prefetch {cfg.get('prefetch')} "
+        "on both sides (library `prefetch`, Redis XREADGROUP COUNT, RabbitMQ basic.qos, "
+        "NATS fetch batch, Kafka max_records).",
+        "- sizes of the workloads: "
+        + "; ".join(
+            f"{name} {json.dumps(cfg.get(name), separators=(',', ':'))}"
+            for name in (
+                "confirmed_publish",
+                "batched_publish",
+                "consume_ack",
+                "latency",
+                "fanout",
+                "scaling",
+                "sizes",
+                "job_roundtrip",
+                "rpc",
+            )
+            if name in cfg.get("workloads", [])
+        ),
+        f"- Kafka (both sides): {cfg.get('kafka')}",
+        f"- RabbitMQ raw queue type: {cfg.get('rabbitmq', {}).get('queue_type')}; "
+        f"NATS raw storage: {cfg.get('nats', {}).get('storage')}",
+        f"- library options per backend: {cfg.get('library_options') or '{}'}",
+    ]
+    for t in results.targets:
+        if t.settings:
+            lines.append(f"- `{t.id}` settings: {json.dumps(t.settings, default=str)[:600]}")
+    return "\n".join(lines)
+
+
+CAVEATS = """\
+- **Shared, small machine.** Client and brokers run on one 2-core machine over loopback,
+  and other engineers' test suites ran on it at the same time. Absolute figures are
+  noisy and low compared with a dedicated host; compare within one run (library vs raw
+  ran back to back per workload), and read a difference inside the spreads as a tie.
+- Single-node brokers: no replication cost (RabbitMQ quorum queues on one node, NATS R1
+  file streams, Redis with its own persistence settings).
+- The client is one Python process: competing-consumer "scaling" shows how the broker
+  shares a group among members of one process, not multi-process client scaling.
+- Latency is publish-to-handler against the intended send time (coordinated-omission
+  aware); the sender's timer granularity (~1 ms) is part of every figure on both sides.
+- Broker CPU and memory include whatever else the broker served during a workload.
+- Raw baselines use the idioms the issue names (one XACK per read batch on Redis, one
+  commit per fetched batch on Kafka, `basic_ack` per message with a large prefetch on
+  RabbitMQ, pull fetch of `prefetch` with per-message acks on NATS). A ratio above 1
+  means the library beat that idiom (e.g. RabbitMQ acks coalesced with `multiple=True`),
+  not that the client cannot go faster. A pull fetch of hundreds waits for its batch or
+  its expiry, which shows as job latency on the raw NATS side.
+"""
+
+
+TANSU_CAVEAT = """\
+- **Kafka here is Tansu** (a Kafka-protocol broker) with memory storage and no idempotent
+  producer, not Apache Kafka: its figures say little about a real Kafka cluster's
+  throughput, durability cost or group rebalance times (3-18 s here, which is why a
+  Kafka group joins once per workload: its backlogs are all published first and drained
+  in one pass, each run being one stretch of that drain).
+"""
+
+
+def render_markdown(
+    results: Results,
+    conformance: dict[str, dict[str, Any] | None],
+    charts: dict[str, list[str]],
+    comparison: str | None = None,
+) -> str:
+    env = results.environment
+    noise_line, noise_table = _noise(results)
+    out = [
+        "# Broker decision report",
+        "",
+        f"Profile `{results.profile}`, started {results.started}, took {results.duration_s:.0f} s "
+        f"on {env.get('cpu_count')} CPUs ({env.get('cpu_model')}). "
+        "Every figure: median of the measured runs, with (min-max). "
+        f"{noise_line} "
+        "Generated by `bus bench` from `results.json`.",
+        "",
+        "## Which broker for which workload",
+        "",
+        "Measured through the library (`bus`), on the brokers measured in this run "
+        "(memory:// is in-process and not a broker choice); a workload needing a capability "
+        "the conformance results show as unsupported excludes that broker.",
+        "",
+        _table(
+            ["workload profile", "decided by", "winner", "figure", "runner-up", "margin"],
+            decision_rows(results, conformance),
+        ),
+        "",
+        "## Library overhead against each raw client",
+        "",
+        _ratio_section(results),
+    ]
+    for name in charts.get("ratios", []):
+        out += ["", f"![library / raw ratios]({name})"]
+    out += [
+        "",
+        "## Capability matrix (from the conformance results)",
+        "",
+        _capability_section(results, conformance),
+        "",
+        "## Throughput",
+        "",
+    ]
+    for name in charts.get("throughput", []):
+        out += [f"![throughput]({name})", ""]
+    for workload, metrics in (
+        ("confirmed_publish", [("msg_s", "msg/s")]),
+        ("batched_publish", [("msg_s", "msg/s")]),
+        ("consume_ack", [("msg_s", "msg/s")]),
+        ("fanout", [("deliveries_s", "deliveries/s"), ("msg_s", "published msg/s")]),
+        (
+            "job_roundtrip",
+            [("jobs_s", "jobs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+        ),
+    ):
+        params = ("groups",) if workload == "fanout" else ()
+        out += [
+            f"### {_WORKLOAD_TITLE[workload]}",
+            "",
+            _workload_table(results, workload, metrics, params),
+            "",
+        ]
+    out += ["## End-to-end latency", ""]
+    out += [
+        _workload_table(
+            results,
+            "latency",
+            [
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("p99.9_ms", "p99.9 ms"),
+                ("max_ms", "max ms"),
+                ("sent_rate", "sent/s"),
+                ("lost", "missing"),
+            ],
+            ("rate",),
+        ),
+        "",
+    ]
+    ramp = [p for p in results.points if p.workload == "latency_ramp" and p.error is None]
+    if ramp:
+        out += [
+            "Maximum sustainable rate (ramp, one pass):",
+            "",
+            _workload_table(results, "latency_ramp", [("max_rate", "max msg/s")]),
+            "",
+        ]
+    for name in charts.get("latency", []):
+        out += [f"![latency]({name})", ""]
+    out += [
+        "## Competing consumers",
+        "",
+        _workload_table(results, "scaling", [("msg_s", "msg/s")], ("consumers",)),
+        "",
+    ]
+    for name in charts.get("scaling", []):
+        out += [f"![scaling]({name})", ""]
+    out += [
+        "## Message sizes",
+        "",
+        _workload_table(
+            results,
+            "sizes",
+            [
+                ("publish_msg_s", "publish msg/s"),
+                ("publish_mb_s", "publish MiB/s"),
+                ("consume_msg_s", "consume msg/s"),
+                ("consume_mb_s", "consume MiB/s"),
+            ],
+            ("size",),
+        ),
+        "",
+    ]
+    for name in charts.get("sizes", []):
+        out += [f"![sizes]({name})", ""]
+    out += [
+        "## Request/reply (library only)",
+        "",
+        _workload_table(
+            results, "rpc", [("req_s", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]
+        ),
+        "",
+        "## Broker cost",
+        "",
+        _cost_section(results),
+        "",
+        "## Machine noise",
+        "",
+        noise_table or "_not measured_",
+        "",
+        "## Caveats",
+        "",
+        CAVEATS + (TANSU_CAVEAT if _LABEL["kafka"] == "Kafka (Tansu)" else ""),
+        "## Method and settings",
+        "",
+        _settings_section(results),
+        "",
+        "## Environment",
+        "",
+        _environment_section(results),
+        "",
+    ]
+    if comparison:
+        out += ["## Reproducibility against a previous run", "", comparison, ""]
+    errors = [p for p in results.points if p.error]
+    if errors:
+        out += (
+            ["## Errors", ""]
+            + [f"- `{p.target}` {p.workload}: {(p.error or '')[:300]}" for p in errors]
+            + [""]
+        )
+    return "\n".join(out)
+
+
+def write_report(
+    results: Results,
+    out_dir: Path,
+    conformance_dir: Path | None = None,
+    previous: Path | None = None,
+) -> Path:
+    """Write ``report.md`` and its PNG charts into ``out_dir``; return the report path.
+    ``previous``: an earlier ``results.json`` to check reproducibility against."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t in results.targets:  # say which Kafka-protocol broker it was
+        if t.backend == "kafka" and "tansu" in str(t.broker.get("implementation", "")).lower():
+            _LABEL["kafka"] = "Kafka (Tansu)"
+    conformance = load_conformance(conformance_dir or Path("bus-results"), _backends(results))
+    charts: dict[str, list[str]] = {}
+
+    def add(key: str, name: str | None) -> None:
+        if name:
+            charts.setdefault(key, []).append(name)
+
+    add("throughput", _chart_throughput(results, out_dir))
+    add("ratios", _chart_ratios(results, out_dir))
+    for name in _chart_latency(results, out_dir):
+        add("latency", name)
+    add(
+        "scaling",
+        _chart_lines(
+            results,
+            out_dir,
+            workload="scaling",
+            param="consumers",
+            metrics=[("msg_s", "msg/s drained")],
+            title="Competing consumers: backlog drain rate by group size (solid = library)",
+            name="scaling.png",
+        ),
+    )
+    add(
+        "sizes",
+        _chart_lines(
+            results,
+            out_dir,
+            workload="sizes",
+            param="size",
+            metrics=[("publish_mb_s", "publish MiB/s"), ("consume_mb_s", "consume MiB/s")],
+            title="Message sizes: batched publish and drain, MiB/s (solid = library)",
+            name="sizes.png",
+            logx=True,
+        ),
+    )
+    comparison = None
+    if previous is not None:
+        from benchmarks.compare import compare
+
+        comparison = compare(Results.read(previous), results, str(previous)).markdown()
+    path = out_dir / "report.md"
+    path.write_text(render_markdown(results, conformance, charts, comparison))
+    return path

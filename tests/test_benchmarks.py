@@ -1,0 +1,123 @@
+"""Smoke test of the benchmark harness: tiny counts, memory:// and Redis (raw client
+baseline, plus the library backend when it is installed). Checks the results
+structure and that the report and charts are written; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.config import apply_overrides, profile
+from benchmarks.results import PointResult, Results
+from benchmarks.runner import compute_ratios
+from benchmarks.stats import summarize
+from conformance.brokers import Broker
+
+TINY = [
+    "runs=2",
+    "warmup_runs=0",
+    "confirmed_publish.count=20",
+    "batched_publish.count=60",
+    "batched_publish.batch=20",
+    "consume_ack.count=60",
+    "latency.rates=200",
+    "latency.duration_s=0.3",
+    "latency.warmup_s=0",
+    "fanout.groups=2",
+    "fanout.count=30",
+    "scaling.consumers=1,2",
+    "scaling.count=40",
+    "sizes.sizes=128,65536",
+    "sizes.count=20",
+    "job_roundtrip.count=30",
+    "job_roundtrip.publishers=2",
+    "rpc.count=5",
+    "workload_timeout_s=60",
+]
+
+
+def test_quick_profile_overrides_are_validated() -> None:
+    config = apply_overrides(profile("quick"), ["consume_ack.count=7", "latency.rates=100,200"])
+    assert config.consume_ack.count == 7
+    assert config.latency.rates == [100, 200]
+    with pytest.raises(ValueError, match="unknown setting"):
+        apply_overrides(config, ["consume_ack.nope=1"])
+    with pytest.raises(ValueError):
+        apply_overrides(config, ["consume_ack.count=-1"])
+
+
+def test_ratio_uses_medians_and_spread_bounds() -> None:
+    def point(side: str, values: list[float]) -> PointResult:
+        return PointResult(
+            target=f"redis/{side}",
+            backend="redis",
+            side=side,  # type: ignore[arg-type]
+            workload="consume_ack",
+            params={"size": 1024},
+            metrics={"msg_s": summarize(values)},
+        )
+
+    (ratio,) = compute_ratios([point("bus", [70, 80, 90]), point("raw", [95, 100, 105])])
+    assert ratio.ratio == pytest.approx(0.8)
+    assert ratio.low == pytest.approx(70 / 105, abs=1e-3)
+    assert ratio.target == 0.7
+    assert ratio.meets is True
+    assert ratio.verdict == "meets"  # the IQR range (0.73-0.87) clears 0.7
+
+
+@pytest.mark.broker("redis")
+def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = ["memory://", redis_broker.url, "--profile", "quick", "--out", str(out), "--quiet"]
+    for item in TINY:
+        argv += ["--set", item]
+    code = main(argv)
+    assert code in (0, 1)  # 1: some workload failed (checked below for the harness's sides)
+
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema"] == "bus-bench/1"
+    assert data["profile"] == "quick"
+    assert data["environment"]["cpu_count"] >= 1
+    assert "redis" in data["environment"]["packages"]
+    results = Results.read(out / "results.json")
+    ids = {t.id for t in results.targets}
+    assert {"memory/bus", "redis/raw", "redis/bus"} <= ids
+    redis_raw = next(t for t in results.targets if t.id == "redis/raw")
+    assert redis_raw.status == "ok"
+    assert redis_raw.broker.get("implementation") == "Redis"
+
+    for target in ("memory/bus", "redis/raw"):
+        points = [p for p in results.points if p.target == target]
+        assert not [p.error for p in points if p.error], target
+        workloads = {p.workload for p in points}
+        expected = set(results.config["workloads"]) - ({"rpc"} if target.endswith("raw") else set())
+        assert expected <= workloads, target
+        for p in points:
+            for summary in p.metrics.values():
+                assert summary.min <= summary.median <= summary.max
+                assert len(summary.runs) >= 1
+    latency = results.find("redis", "raw", "latency", rate=200)[0]
+    assert {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"} <= set(latency.metrics)
+    assert latency.curve_ms
+
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Broker decision report")
+    assert "## Which broker for which workload" in report
+    assert "## Library overhead against each raw client" in report
+    assert "## Caveats" in report
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "throughput.png" in pngs
+    assert all((out / name).stat().st_size > 1000 for name in pngs)
+
+
+def test_bus_bench_dispatches_to_the_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+    from bus.cli import main as bus_main
+
+    assert bus_main(["bench", "--profile", "full", "--show-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["profile"] == "full"
+    assert shown["latency"]["rates"] == [500, 2000, 10_000]
+    assert bus_main(["bench", "--set", "no.such=1"]) == 2
