@@ -1,0 +1,137 @@
+"""What a scenario gets: fresh names, connections that are cleaned up, helpers that
+wait with a bound, and (when the harness can give one) a broker it may restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import bus
+from bus.capabilities import Capabilities
+from conformance._scenario import ConformanceFailure, expect
+
+__all__ = ["Context", "IsolatedBroker", "IsolatedBrokerFactory"]
+
+
+@dataclass
+class IsolatedBroker:
+    """A broker the scenario may restart, started for it alone."""
+
+    url: str
+    restart: Callable[[], Awaitable[None]]
+    keeps_data: bool = True
+    """False when a restart loses stored messages (memory-only brokers such as Tansu):
+    the restart scenario then checks recovery, not retention across the restart."""
+
+
+IsolatedBrokerFactory = Callable[[], contextlib.AbstractAsyncContextManager[IsolatedBroker]]
+
+
+class Context:
+    """Per-scenario state. Everything opened through it is closed when it ends."""
+
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any],
+        capabilities: Capabilities,
+        max_message_bytes: int,
+        isolated: IsolatedBrokerFactory | None,
+    ) -> None:
+        self.url = url
+        self.options = options
+        self.capabilities = capabilities
+        self.max_message_bytes = max_message_bytes
+        self.isolated = isolated
+        self._run = uuid.uuid4().hex[:10]
+        self._count = 0
+        self._buses: list[bus.Bus] = []
+
+    def topic(self, name: str) -> str:
+        """A topic no other scenario or run uses."""
+        self._count += 1
+        return f"conformance.{name}.{self._run}{self._count}"
+
+    def group(self, name: str = "g") -> str:
+        self._count += 1
+        return f"{name}-{self._run}{self._count}"
+
+    async def connect(self, url: str | None = None, **options: Any) -> bus.Bus:
+        b = await bus.connect(url or self.url, **{**self.options, **options})
+        self._buses.append(b)
+        return b
+
+    async def aclose(self) -> None:
+        for b in reversed(self._buses):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(b.close(), 15)
+        self._buses.clear()
+
+    # -- helpers ---------------------------------------------------------------
+    @staticmethod
+    async def collect(
+        sub: bus.Subscription,
+        count: int,
+        *,
+        timeout: float = 15.0,
+        ack: bool = True,
+        what: str = "messages",
+    ) -> list[bus.Delivery]:
+        """Receive ``count`` deliveries within ``timeout`` seconds (acking them unless
+        ``ack=False``) or fail saying how many arrived."""
+        got: list[bus.Delivery] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                d = await sub.receive(timeout=remaining)
+            except TimeoutError:
+                break
+            got.append(d)
+            if ack:
+                await d.ack()
+        expect(
+            len(got) >= count,
+            f"expected {count} {what} within {timeout}s on {sub.topic}, got {len(got)}",
+        )
+        return got
+
+    @staticmethod
+    async def expect_nothing(sub: bus.Subscription, within: float, why: str) -> None:
+        """Fail if anything is delivered within ``within`` seconds."""
+        try:
+            d = await sub.receive(timeout=within)
+        except TimeoutError:
+            return
+        raise ConformanceFailure(f"{why}: unexpected delivery {d!r}")
+
+    @staticmethod
+    def ids(deliveries: Iterable[bus.Delivery]) -> list[str]:
+        return [d.message.id for d in deliveries]
+
+    @staticmethod
+    def expect_same_ids(
+        got: Iterable[str], sent: Iterable[str], what: str, *, duplicates_ok: bool = False
+    ) -> None:
+        got_list, sent_set = list(got), set(sent)
+        missing = sent_set - set(got_list)
+        extra = set(got_list) - sent_set
+        expect(not missing, f"{what}: {len(missing)} of {len(sent_set)} messages lost")
+        expect(not extra, f"{what}: {len(extra)} messages that were never sent to this topic")
+        if not duplicates_ok:
+            dupes = len(got_list) - len(set(got_list))
+            expect(dupes == 0, f"{what}: {dupes} duplicate deliveries without any failure")
+
+    @contextlib.asynccontextmanager
+    async def isolated_broker(self) -> AsyncIterator[IsolatedBroker]:
+        expect(self.isolated is not None, "no isolated broker factory")
+        assert self.isolated is not None
+        async with self.isolated() as broker:
+            yield broker

@@ -1,0 +1,334 @@
+"""The public API on the memory backend: configuration, errors, codecs, the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from pydantic import BaseModel
+
+import bus
+from bus import envelope
+from bus._ids import uuid7
+from bus.registry import resolve
+
+
+class Email(BaseModel):
+    subject: str
+
+
+def test_all_names_exist_and_are_exported() -> None:
+    for name in bus.__all__:
+        assert hasattr(bus, name), name
+    public = {n for n in dir(bus) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(bus.__all__), public - set(bus.__all__)
+
+
+def test_unknown_scheme_names_known_ones_and_suggests() -> None:
+    with pytest.raises(bus.UnknownBackend) as info:
+        bus.connect("foo://x")
+    assert info.value.known == bus.known_schemes()
+    assert "memory" in str(info.value)
+    assert "redis" in str(info.value)
+    with pytest.raises(bus.UnknownBackend, match="Did you mean 'memory'"):
+        bus.connect("memroy://")
+
+
+@pytest.mark.parametrize("url", ["", "localhost:6379", "no-scheme"])
+def test_malformed_url_is_configuration_error(url: str) -> None:
+    with pytest.raises(bus.ConfigurationError, match="scheme://"):
+        bus.connect(url)
+
+
+def test_unknown_and_invalid_options_are_rejected_with_valid_names() -> None:
+    with pytest.raises(bus.ConfigurationError, match=r"bogus.*Valid options: ack_timeout"):
+        bus.connect("memory://", bogus=1)
+    with pytest.raises(bus.ConfigurationError, match="connect_timeout"):
+        bus.connect("memory://", connect_timeout=-1)
+    with pytest.raises(bus.ConfigurationError, match="retention"):
+        bus.connect("memory://?retention=lots")
+
+
+def test_options_from_query_string_and_keywords() -> None:
+    backend = bus.connect("memory://?retention=5&connect_timeout=2", retention=7)._backend
+    assert backend.options.retention == 7  # type: ignore[attr-defined]
+    assert backend.options.connect_timeout == 2.0
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_URL", "memory://from-env")
+    monkeypatch.setenv("BUS_SOURCE", "svc-a")
+    monkeypatch.setenv("BUS_OPTIONS", '{"retention": 3}')
+    settings = bus.BusSettings()
+    assert settings.url == "memory://from-env"
+    backend = bus.connect(settings)._backend
+    assert backend.options.source == "svc-a"
+    assert backend.options.retention == 3  # type: ignore[attr-defined]
+    backend = bus.connect()._backend  # no target: settings from the environment
+    assert backend.url == "memory://from-env"
+
+
+def test_settings_reject_unknown_backend_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_OPTIONS", '{"retension": 3}')
+    with pytest.raises(bus.ConfigurationError, match="retension"):
+        bus.connect(bus.BusSettings())
+
+
+def test_settings_repr_redacts_password() -> None:
+    settings = bus.BusSettings(url="redis://user:s3cret@host:6379/0")
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("redis://:s3cret@h:6379/0", "s3cret"),
+        ("amqp://guest:s3cret@h/", "s3cret"),
+        ("nats://tok3n@h:4222", "tok3n"),
+        ("nats://u:s3cret@a:4222,b:4222", "s3cret"),
+        ("kafka://h:9092?sasl_plain_password=s3cret", "s3cret"),
+    ],
+)
+def test_redact_url(url: str, secret: str) -> None:
+    redacted = bus.redact_url(url)
+    assert secret not in redacted
+    assert "***" in redacted
+
+
+def test_register_backend_at_runtime() -> None:
+    from backends.memory import MemoryBackend
+
+    bus.register("mem2", MemoryBackend)
+    assert resolve("mem2://x") is MemoryBackend
+    assert "mem2" in bus.known_schemes()
+
+
+def test_ids_are_uuid7_and_sort_by_creation() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+    assert all(shape.fullmatch(i) for i in ids[:10])
+
+
+def test_envelope_roundtrip_keeps_every_attribute() -> None:
+    message = bus.Message(
+        id=uuid7(),
+        topic="t",
+        data=b"\x00\x01",
+        type="x.y",
+        source="src",
+        key="k",
+        headers={"a": "1"},
+        trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        correlation_id="c",
+        causation_id="d",
+        reply_to="r",
+        schema_version="2",
+        priority=4,
+    )
+    for prefix in ("ce-", "ce_"):
+        headers = envelope.to_headers(message, prefix)
+        assert headers[f"{prefix}specversion"] == "1.0"
+        assert envelope.from_headers("t", b"\x00\x01", headers, prefix) == message
+
+
+def test_envelope_without_id_is_decode_error() -> None:
+    with pytest.raises(bus.DecodeError, match="ce-id"):
+        envelope.from_headers("t", b"", {"foo": "bar"})
+
+
+@pytest.mark.parametrize("name", ["ce-id", "CE-Type", "bus-dlq-reason", "traceparent", "ce_x"])
+def test_reserved_header_names(name: str) -> None:
+    with pytest.raises(bus.InvalidHeader):
+        envelope.validate_headers({name: "x"})
+
+
+def test_codec_table() -> None:
+    from bus import codec
+
+    assert codec.encode(b"x") == (b"x", "application/octet-stream")
+    assert codec.encode("é") == ("é".encode(), "text/plain; charset=utf-8")
+    assert codec.encode(Email(subject="s")) == (b'{"subject":"s"}', "application/json")
+    assert codec.encode({"a": [1, 2]}) == (b'{"a":[1,2]}', "application/json")
+    assert codec.decode(b'{"subject":"s"}', "application/json", Email) == Email(subject="s")
+    with pytest.raises(bus.DecodeError) as info:
+        codec.decode(b'{"subject": 1, "secret": "hunter2"}', "application/json", Email)
+    assert "hunter2" not in str(info.value)  # payloads stay out of error text
+    with pytest.raises(bus.InvalidArgument):
+        codec.encode(object())
+
+
+def test_backoff_policies() -> None:
+    exp = bus.Exponential(0.5, 4.0, jitter=False)
+    assert [exp.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    jittered = bus.Exponential(1.0, 8.0)
+    assert all(2.0 <= jittered.delay(3) <= 4.0 for _ in range(100))
+    assert bus.Fixed(0.2).delay(9) == 0.2
+    with pytest.raises(ValueError):
+        bus.Retry(max_attempts=0)
+
+
+async def test_closed_bus_raises_bus_closed() -> None:
+    b = await bus.connect("memory://closed")
+    await b.close()
+    await b.close()  # idempotent
+    with pytest.raises(bus.BusClosed):
+        await b.publish("t", b"x")
+    with pytest.raises(bus.BusClosed):
+        b.subscribe("t", group="g")
+
+
+async def test_subscribe_argument_validation() -> None:
+    async with bus.connect("memory://") as b:
+        with pytest.raises(bus.InvalidArgument):
+            b.subscribe("t", group="g", prefetch=0)
+        with pytest.raises(bus.InvalidArgument):
+            b.subscribe("t", group="g", start="middle")  # type: ignore[arg-type]
+        with pytest.raises(bus.InvalidArgument):
+            await b.declare("t", groups="g")  # type: ignore[arg-type]
+
+
+async def test_worker_parameter_injection_sync_and_async() -> None:
+    seen: list[object] = []
+
+    def sync_handler(email: Email, delivery: bus.Delivery) -> None:  # runs in a thread
+        seen.append((email.subject, delivery.attempt))
+
+    async def raw(data: bytes) -> None:
+        seen.append(data)
+
+    async def text(body: str, message: bus.Message) -> None:
+        seen.append((body, message.topic))
+
+    async def untyped(message) -> None:  # type: ignore[no-untyped-def]
+        seen.append(type(message).__name__)
+
+    async with bus.connect("memory://inject") as b:
+        for topic, handler, payload in (
+            ("a", sync_handler, Email(subject="hi")),
+            ("b", raw, b"\x01"),
+            ("c", text, "hello"),
+            ("d", untyped, b""),
+        ):
+            async with b.consume(topic, handler, group="g"):
+                await b.publish(topic, payload)
+                for _ in range(100):
+                    if len(seen) == ["a", "b", "c", "d"].index(topic) + 1:
+                        break
+                    await asyncio.sleep(0.02)
+    assert seen == [("hi", 1), b"\x01", ("hello", "c"), "Message"]
+
+
+async def test_handler_without_parameters_is_rejected() -> None:
+    async with bus.connect("memory://") as b:
+        with pytest.raises(TypeError, match="at least one parameter"):
+            b.consume("t", lambda: None, group="g")
+
+
+async def test_worker_drops_when_dead_letter_disabled() -> None:
+    async with bus.connect("memory://drop") as b:
+
+        async def fail(message: bus.Message) -> None:
+            raise RuntimeError("nope")
+
+        worker = b.consume("t", fail, group="g", retry=bus.Retry(1), dead_letter=False)
+        async with worker, b.subscribe("t.dlq", group="audit") as dlq:
+            await b.publish("t", b"x")
+            for _ in range(100):
+                if worker.stats.dropped:
+                    break
+                await asyncio.sleep(0.02)
+            with pytest.raises(TimeoutError):
+                await dlq.receive(timeout=0.3)
+        assert worker.stats.dropped == 1
+        assert worker.stats.dead_lettered == 0
+
+
+async def test_reply_without_reply_to_is_invalid() -> None:
+    async with bus.connect("memory://noreply") as b:
+        await b.declare("t", groups=["g"])
+        await b.publish("t", b"x")
+        async with b.subscribe("t", group="g") as sub:
+            d = await sub.receive(timeout=2)
+            with pytest.raises(bus.InvalidArgument, match="no reply_to"):
+                await d.reply(b"answer")
+
+
+def test_every_backend_declares_every_feature() -> None:
+    from bus.cli import declared_capabilities
+
+    for name, caps in declared_capabilities().items():
+        assert set(caps) == set(bus.Feature), name
+        for feature in bus.Feature:
+            cap = caps[feature]
+            if cap.support is not bus.Support.NATIVE:
+                assert cap.how, f"{name}.{feature} must say how or why"
+
+
+async def test_worker_survives_broker_outage_longer_than_operation_timeout() -> None:
+    """A worker keeps fetching (with backoff) after the backend gives up reconnecting."""
+    from backends.memory import restart
+
+    seen: list[str] = []
+    async with bus.connect("memory://outage", operation_timeout=0.3) as b:
+
+        async def handle(message: bus.Message) -> None:
+            seen.append(message.id)
+
+        async with b.consume("t", handle, group="g"):
+            before = await b.publish("t", b"before")
+            await restart("outage", downtime=1.5)  # fetch raises BrokerUnavailable meanwhile
+            after = await b.publish("t", b"after")
+            for _ in range(200):
+                if len(seen) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+    assert sorted(seen) == sorted([before, after])
+
+
+def test_third_party_backend_through_entry_point(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution declaring a ``bus.backends`` entry point is found by scheme."""
+    from pathlib import Path
+
+    from backends.memory import MemoryBackend
+
+    dist = Path(str(tmp_path)) / "thirdparty_bus-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-bus\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[bus.backends]\nthirdparty = backends.memory:MemoryBackend\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "thirdparty" in bus.known_schemes()
+    assert resolve("thirdparty://x") is MemoryBackend
+
+
+async def test_worker_renews_leases_of_long_jobs() -> None:
+    """A handler running past ack_timeout is not handed to another member meanwhile."""
+    runs: list[str] = []
+    async with bus.connect("memory://lease", ack_timeout=0.6) as b:
+
+        async def slow(message: bus.Message) -> None:
+            runs.append(message.id)
+            await asyncio.sleep(2.0)  # > 3 lease lengths
+
+        await b.declare("jobs", groups=["g"])
+        mid = await b.publish("jobs", b"long")
+        async with b.consume("jobs", slow, group="g"), b.consume("jobs", slow, group="g"):
+            await asyncio.sleep(3.0)
+    assert runs == [mid]
+
+
+async def test_closed_subscriptions_and_stopped_workers_are_released() -> None:
+    async with bus.connect("memory://release") as b:
+        for _ in range(3):
+            async with b.subscribe("t", group="g"):
+                pass
+            async with b.consume("t", lambda m: None, group="g"):
+                pass
+        assert not b._subscriptions
+        assert not b._workers
