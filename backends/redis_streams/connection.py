@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -279,9 +280,9 @@ class Connection:
         """Run ``script`` once (EVALSHA, EVAL when the server does not know it yet)."""
         client = self.node(keys[0])
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+            return await _awaited(client.evalsha(script.sha, len(keys), *keys, *args))
         except rex.NoScriptError:
-            return await client.eval(script.source, len(keys), *keys, *args)
+            return await _awaited(client.eval(script.source, len(keys), *keys, *args))
 
     async def pipeline(self, ops: Sequence[Op]) -> list[Any]:
         """Send ``ops`` in one round trip (one per node on a cluster); results in order.
@@ -312,7 +313,9 @@ class Connection:
         for i, (op, result) in enumerate(zip(ops, results, strict=True)):
             if isinstance(result, rex.NoScriptError) and isinstance(op, ScriptCall):
                 # did not run: run it now (EVAL also caches the script server-side)
-                results[i] = await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+                results[i] = await _awaited(
+                    client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+                )
             elif isinstance(result, BaseException) and is_transient(result):
                 raise result
         return results
@@ -329,3 +332,10 @@ def _server_version(info: Any) -> tuple[int, ...]:
         return tuple(int(p) for p in str(raw).split(".")[:2])
     except ValueError:
         return (0,)
+
+
+def _awaited(result: Awaitable[Any] | Any) -> Awaitable[Any]:
+    """redis-py types script calls as ``Awaitable[str] | str`` because one signature
+    serves its sync and async clients; on the asyncio client it is always awaitable."""
+    assert inspect.isawaitable(result)
+    return result
