@@ -29,6 +29,10 @@ __all__ = ["main"]
 #: Built-in backends shown in the capability matrix (name -> URL scheme).
 BUILTIN_BACKENDS = {
     "memory": "memory://",
+    "redis": "redis://",
+    "rabbitmq": "amqp://",
+    "nats": "nats://",
+    "kafka": "kafka://",
 }
 
 

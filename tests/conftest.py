@@ -15,6 +15,10 @@ from conformance.brokers.fixtures import (  # noqa: F401 - pytest fixtures
 #: Backends the conformance matrix runs against (kind -> provisioning fixture).
 BACKENDS: dict[str, str | None] = {
     "memory": None,
+    "redis": "redis_broker",
+    "rabbitmq": "rabbitmq_broker",
+    "nats": "nats_broker",
+    "kafka": "kafka_broker",
 }
 
 

@@ -13,6 +13,8 @@ import bus
 URLS = {
     "redis": "redis://user:s3cret@127.0.0.1:{port}/0",
     "nats": "nats://user:s3cret@127.0.0.1:{port}",
+    "rabbitmq": "amqp://guest:s3cret@127.0.0.1:{port}/",
+    "kafka": "kafka://user:s3cret@127.0.0.1:{port}",
 }
 
 
