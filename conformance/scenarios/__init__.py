@@ -6,6 +6,7 @@ Importing this package registers every scenario in
 
 from conformance.scenarios import (  # noqa: F401 - imported for registration
     bad_input,
+    capability_gaps,
     dead_letter,
     groups,
     lifecycle,
