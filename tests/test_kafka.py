@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 import bus
 from backends.kafka import KafkaBackend, group_id
 from backends.kafka.subscription import GroupSubscription
-from conformance.brokers import Broker
+from conformance.brokers import Broker, free_port
 from conformance.brokers.fixtures import PrivateBrokerFactory, kafka_broker, private_broker
 
 # Imported for pytest to register them in this module.
@@ -57,13 +56,6 @@ def _backend(b: bus.Bus) -> KafkaBackend:
     backend = b.backend
     assert isinstance(backend, KafkaBackend)
     return backend
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _committed(broker: Broker, topic: str, group: str) -> dict[int, int]:
@@ -114,7 +106,7 @@ def test_url_forms_resolve() -> None:
 
 
 async def test_closed_port_is_broker_unavailable_within_connect_timeout() -> None:
-    url = f"kafka://bob:hunter2@127.0.0.1:{_free_port()}"
+    url = f"kafka://bob:hunter2@127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(bus.BrokerUnavailable) as info:
         await bus.connect(url, connect_timeout=3.0)

@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -33,7 +32,7 @@ from backends.nats_jetstream._backend import subject_matches
 from backends.nats_jetstream._names import encode_topic
 from bus._ids import uuid7
 from bus.message import Message
-from conformance.brokers import Broker, start_nats_cluster
+from conformance.brokers import Broker, free_port, start_nats_cluster
 from conformance.brokers.fixtures import PrivateBrokerFactory, nats_broker, private_broker
 
 # Imported for pytest to register them in this module.
@@ -559,17 +558,10 @@ async def test_sigkilled_consumer_holding_10_is_redelivered_within_ack_wait(
 # their own nats-server (a real one) with the options under test.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def _nats_server(tmp: Path, *args: str) -> AsyncIterator[int]:
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         binary,
         "-a",

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import signal
-import socket
 import ssl
 import sys
 import textwrap
@@ -29,12 +27,13 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from tls_files import make_tls_files
 
 import bus
 from backends.rabbitmq import RabbitMQBackend
 from backends.rabbitmq._names import delay_ms, group_from_queue, group_queue
 from backends.rabbitmq._subscription import RabbitMQSubscription
-from conformance.brokers import Broker
+from conformance.brokers import Broker, free_port
 from conformance.brokers.fixtures import PrivateBrokerFactory, private_broker, rabbitmq_broker
 
 # Imported for pytest to register them in this module.
@@ -47,13 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _topic(name: str) -> str:
     return f"rabbittest.{name}.{uuid.uuid4().hex[:10]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _inner(sub: bus.Subscription) -> RabbitMQSubscription:
@@ -118,7 +110,7 @@ def test_bad_url_or_option_is_configuration_error(url: str, options: dict[str, o
 
 async def test_closed_port_is_broker_unavailable_within_connect_timeout() -> None:
     secret = "hunter2-secret-pw"
-    url = f"amqp://alice:{secret}@127.0.0.1:{_free_port()}/"
+    url = f"amqp://alice:{secret}@127.0.0.1:{free_port()}/"
     started = time.monotonic()
     with pytest.raises(bus.BrokerUnavailable) as info:
         await bus.connect(url, connect_timeout=2.0)
@@ -155,65 +147,6 @@ async def test_wrong_password_is_broker_unavailable_without_the_password(
     assert "authentication failed" in str(info.value)
 
 
-def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("bus test CA"))
-        .issuer_name(name("bus test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "srv.pem",
-        directory / "srv.key",
-    )
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_file, cert_file, key_file
-
-
 @contextlib.asynccontextmanager
 async def _tls_front(cert: Path, key: Path, host: str, port: int) -> AsyncIterator[int]:
     """A TLS listener forwarding to the broker's plain AMQP port, so the client's
@@ -248,7 +181,7 @@ async def _tls_front(cert: Path, key: Path, host: str, port: int) -> AsyncIterat
 async def test_amqps_url_verifies_the_server(rabbitmq_broker: Broker, tmp_path: Path) -> None:
     """amqps:// connects over TLS, verifying the server against tls_ca_file; a server
     the trust store cannot verify is BrokerUnavailable (no password in the error)."""
-    ca, cert, key = _make_tls_files(tmp_path)
+    ca, cert, key = make_tls_files(tmp_path)
     topic = _topic("tls")
     async with _tls_front(cert, key, rabbitmq_broker.host, rabbitmq_broker.port) as port:
         url = f"amqps://guest:guest@127.0.0.1:{port}/"

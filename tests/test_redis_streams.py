@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,11 +26,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from tls_files import make_tls_files
 
 import bus
 from backends.redis_streams import RedisStreamsBackend
 from backends.redis_streams.keys import TopicKeys
-from conformance.brokers import Broker
+from conformance.brokers import Broker, free_port
 from conformance.brokers.fixtures import PrivateBrokerFactory, private_broker, redis_broker
 
 # Imported for pytest to register them in this module.
@@ -51,13 +50,6 @@ def _backend(b: bus.Bus) -> RedisStreamsBackend:
     backend = b.backend
     assert isinstance(backend, RedisStreamsBackend)
     return backend
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +103,7 @@ def test_bad_url_or_option_is_configuration_error(url: str, options: dict[str, o
 
 async def test_closed_port_is_broker_unavailable_within_connect_timeout() -> None:
     secret = "hunter2-secret-pw"
-    url = f"redis://alice:{secret}@127.0.0.1:{_free_port()}/0"
+    url = f"redis://alice:{secret}@127.0.0.1:{free_port()}/0"
     started = time.monotonic()
     with pytest.raises(bus.BrokerUnavailable) as info:
         await bus.connect(url, connect_timeout=2.0)
@@ -142,71 +134,12 @@ async def test_acl_user_from_url_and_wrong_password(private_broker: PrivateBroke
     assert "authentication failed" in str(info.value)
 
 
-def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("bus test CA"))
-        .issuer_name(name("bus test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "srv.pem",
-        directory / "srv.key",
-    )
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_file, cert_file, key_file
-
-
 @pytest.mark.slow
 async def test_tls_rediss_url(private_broker: PrivateBrokerFactory, tmp_path: Path) -> None:
     """rediss:// connects over TLS, verifying the server against tls_ca_file; an
     unverifiable server certificate is BrokerUnavailable."""
-    ca_file, cert_file, key_file = _make_tls_files(tmp_path)
-    tls_port = _free_port()
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    tls_port = free_port()
     private_broker(
         "redis",
         extra_args=[
@@ -615,7 +548,7 @@ async def test_cluster_of_three_primaries(private_broker: PrivateBrokerFactory) 
     # does not exist
     nodes = [
         private_broker(
-            "redis", extra_args=["--cluster-enabled", "yes", "--cluster-port", str(_free_port())]
+            "redis", extra_args=["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
         )
         for _ in range(3)
     ]

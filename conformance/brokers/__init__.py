@@ -17,6 +17,7 @@ Environment: ``BUS_TEST_REDIS_URL``, ``BUS_TEST_RABBITMQ_URL``, ``BUS_TEST_NATS_
 """
 
 from ._model import Broker, BrokerKind, Origin, ProvisioningError, redact_url
+from ._probe import free_port
 from ._provision import (
     env_var,
     find_or_start,
@@ -32,6 +33,7 @@ __all__ = [
     "ProvisioningError",
     "env_var",
     "find_or_start",
+    "free_port",
     "provisioning_required",
     "redact_url",
     "start_nats_cluster",
