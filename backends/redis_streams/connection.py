@@ -70,9 +70,11 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A plain command for a pipeline."""
+    """A plain command for a pipeline; ``key`` routes it on a cluster (default: the
+    first argument after the command name, right for XADD, XACK, XTRIM, ...)."""
 
     args: tuple[Any, ...]
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +292,7 @@ class Connection:
         the others' results); a lost connection or moved slot raises."""
         by_node: dict[int, tuple[aioredis.Redis, list[int]]] = {}
         for n, op in enumerate(ops):
-            client = self.node(op.args[1] if isinstance(op, Command) else op.keys[0])
+            client = self.node((op.key or op.args[1]) if isinstance(op, Command) else op.keys[0])
             by_node.setdefault(id(client), (client, []))[1].append(n)
         results: list[Any] = [None] * len(ops)
         parts = list(by_node.values())

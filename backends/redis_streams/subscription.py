@@ -52,6 +52,14 @@ MOVE_LIMIT = 200
 RECOVER_LIMIT = 10_000
 #: Broadcast readers look for new priority levels and due messages this often.
 POLL_EVERY = 1.0
+#: While entries flow, a group member reads them with a plain XREADGROUP (pipelined
+#: with its coalesced XACKs) and runs the full fetch script (delayed-message mover,
+#: new priority levels) this often, or sooner when a known delayed message is due,
+#: a reclaim or housekeeping round is due, or a read must be recovered. The script
+#: converts every entry to Lua and back: on every fetch it cost 2.7 ms of server
+#: time per 256 entries, against 0.4 ms for the XREADGROUP it wraps. (Topics with
+#: priority levels in use always take the script, which reads levels in order.)
+FULL_FETCH_EVERY = 0.2
 
 _Handle = tuple[str, str]
 
@@ -218,6 +226,7 @@ class GroupSubscription(_Base):
         self._next_reclaim = now + self._reclaim_every
         self._next_housekeep = now + opts.housekeeping_interval
         self._due_at: float | None = None
+        self._next_full = now
         self._recover = False
         self._cursors: dict[str, str] = {}
         self._streams: list[str] = []
@@ -272,10 +281,19 @@ class GroupSubscription(_Base):
         acks, touches = self._take_settlements()
         ops: list[Op] = self._settlement_ops(acks, touches)
         housekeep = now >= self._next_housekeep
+        reclaim = now >= self._next_reclaim
+        due = self._due_at is not None and now >= self._due_at
+        streams = list(self._streams)
+        full = housekeep or reclaim or due or self._recover or now >= self._next_full
+        # With priority levels in use only the script reads in strict level order: one
+        # XREADGROUP over several level streams takes COUNT entries from each of them.
+        if not (full or self._levels):
+            read = ("XREADGROUP", "GROUP", self.group_name, self.consumer, "COUNT", room)
+            ops.append(Command((*read, "STREAMS", *streams, *[">"] * len(streams)), self.keys.base))
+            return await self._pipelined_read(ops, acks, touches, streams)
+        self._next_full = now + FULL_FETCH_EVERY
         if housekeep:
             ops.append(self.backend.housekeep_call(self.keys))
-        reclaim = now >= self._next_reclaim
-        streams = list(self._streams)
         ops.append(
             ScriptCall(
                 SCRIPTS.fetch,
@@ -319,14 +337,58 @@ class GroupSubscription(_Base):
             self._next_reclaim = now + self._reclaim_every
             for key, cursor in zip(streams, cursors, strict=True):
                 self._cursors[key] = _s(cursor)
-        due = int(due_in)
-        self._due_at = None if due < 0 else now + due / 1000
+        due_ms = int(due_in)
+        self._due_at = None if due_ms < 0 else now + due_ms / 1000
         new_levels = sorted((int(lv) for lv in levels), reverse=True)
         if new_levels != self._levels:
             self._set_levels(new_levels)
         return self._deliveries(
             [(streams[int(i) - 1], _s(eid), fields, int(n)) for i, eid, fields, n in entries]
         )
+
+    async def _pipelined_read(
+        self,
+        ops: list[Op],
+        acks: dict[str, list[str]],
+        touches: dict[str, list[str]],
+        streams: list[str],
+    ) -> list[Delivery] | None:
+        """Send the settlements and a plain XREADGROUP (last op) in one round trip."""
+        self._sending = (acks, touches)  # close() re-sends these if it cancels us
+        try:
+            results = await self._guard(self._conn.pipeline(ops))
+        except BaseException:
+            if not self._closed:
+                self._sending = None
+                self._restore_settlements(acks, touches)
+            raise
+        if results is None:
+            return None
+        self._sending = None
+        for side in results[:-1]:
+            if isinstance(side, BaseException):
+                log.warning("on %r: %s", self.topic, self._conn.describe(side))
+        result = results[-1]
+        if isinstance(result, rex.ResponseError) and "NOGROUP" in str(result):
+            # the group or a stream vanished (data loss): the full fetch recreates it
+            self._next_full = 0.0
+            return []
+        if isinstance(result, BaseException):
+            raise result
+        return self._read_rows(result, streams)
+
+    def _read_rows(self, result: Any, streams: list[str]) -> list[Delivery]:
+        """Deliveries from an XREADGROUP reply, in read order (redeliveries first,
+        then highest priority first)."""
+        if not result:
+            return []
+        order = {key: n for n, key in enumerate(streams)}
+        rows: list[tuple[str, str, Fields, int]] = []
+        streams_read: list[Any] = list(result)
+        for raw_key, items in sorted(streams_read, key=lambda r: order.get(_s(r[0]), 0)):
+            key = _s(raw_key)
+            rows.extend((key, _s(eid), fields, 1) for eid, fields in items)
+        return self._deliveries(rows)
 
     async def _block(self, room: int, block_ms: int) -> list[Delivery] | None:
         streams = list(self._streams)
@@ -347,15 +409,9 @@ class GroupSubscription(_Base):
             # the group or a stream vanished (data loss): recreate, keep what is there
             await self.backend.declare_groups(self.keys, [self.group_name], "0")
             return []
-        if not result:
-            return [] if result is not None else None
-        order = {key: n for n, key in enumerate(streams)}
-        rows: list[tuple[str, str, Fields, int]] = []
-        streams_read: list[Any] = list(result)
-        for raw_key, items in sorted(streams_read, key=lambda r: order.get(_s(r[0]), 0)):
-            key = _s(raw_key)
-            rows.extend((key, _s(eid), fields, 1) for eid, fields in items)
-        return self._deliveries(rows)
+        if result is None:
+            return None
+        return self._read_rows(result, streams)
 
     # -- settling ------------------------------------------------------------------
     def _take_settlements(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -429,6 +485,10 @@ class GroupSubscription(_Base):
         self._unsettled.pop(delivery.handle, None)
         self._settled.set()
         delay_ms = str(max(1, round(delay * 1000))) if delay else ""
+        if delay:
+            # due in the delayed set: make sure the full fetch runs when it is due
+            due_at = time.monotonic() + delay
+            self._due_at = due_at if self._due_at is None else min(self._due_at, due_at)
         call = ScriptCall(
             SCRIPTS.requeue,
             [self.keys.base],
