@@ -579,3 +579,27 @@ async def test_cluster_of_three_primaries(private_broker: PrivateBrokerFactory) 
             if [k async for k in r.scan_iter(match="bus:{conformance.*")]:
                 used.add(node.port)
     assert len(used) >= 2, used
+
+
+def test_hiredis_packing_is_byte_identical_to_redis_py() -> None:
+    """The C packer sends exactly what redis-py's own packer would, and hands what
+    hiredis cannot pack (a memoryview) back to redis-py."""
+    import redis.asyncio as aioredis
+
+    from backends.redis_streams.packing import HIREDIS_PACKING, use_hiredis_packing
+
+    assert HIREDIS_PACKING, "hiredis is part of the redis extra"
+    client = use_hiredis_packing(aioredis.Redis())
+    fast = client.connection_pool.connection_class()
+    plain = aioredis.Connection()
+    for args in [
+        ("XADD", "bus:{t}", "MAXLEN", "~", 1000, "*", "bus-data", b"\x00\xff" * 600, "ce-id", "ü"),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT SETNAME", b"bus"),
+        ("XACK", "k", "g", *(f"{i}-0" for i in range(300))),
+    ]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    view = memoryview(b"payload")
+    assert b"".join(fast.pack_command("SET", "k", view)) == b"".join(
+        plain.pack_command("SET", "k", view)
+    )

@@ -30,6 +30,7 @@ from bus._redact import redact_url
 from bus.errors import BrokerUnavailable, BusError, ConfigurationError
 
 from .options import RedisStreamsOptions
+from .packing import use_hiredis_packing
 from .scripts import Script
 
 __all__ = ["Command", "Connection", "ScriptCall", "is_transient"]
@@ -172,7 +173,7 @@ class Connection:
                     self._client = cluster
                     await cluster.initialize()
                 else:
-                    self._client = aioredis.Redis(**self._kwargs)
+                    self._client = use_hiredis_packing(aioredis.Redis(**self._kwargs))
                 info = await self._client.info("server")
         except TimeoutError as exc:
             await self.close()
@@ -214,8 +215,8 @@ class Connection:
         found = self._nodes.get(node.name)
         if found is None:
             kwargs = {k: v for k, v in self._kwargs.items() if k not in ("host", "port")}
-            found = self._nodes[node.name] = aioredis.Redis(
-                host=node.host, port=int(node.port), **kwargs
+            found = self._nodes[node.name] = use_hiredis_packing(
+                aioredis.Redis(host=node.host, port=int(node.port), **kwargs)
             )
         return found
 
