@@ -31,6 +31,7 @@ library itself writes ``bus-*`` headers (dead-letter reasons, attempt counts).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 
 from bus import codec
@@ -43,6 +44,8 @@ RESERVED_PREFIXES = ("ce-", "ce_", "bus-")
 _RESERVED_NAMES = frozenset({"content-type", "traceparent"})
 
 # attribute -> header suffix (after the prefix)
+_ENVELOPE_NAMES = frozenset({"content-type", "traceparent"})
+
 _OPTIONAL = (
     ("schema_version", "schemaversion"),
     ("key", "partitionkey"),
@@ -87,50 +90,62 @@ def to_headers(message: Message, prefix: str = "ce-") -> dict[str, str]:
     return out
 
 
+@functools.cache
+def _names(prefix: str) -> tuple[str, ...]:
+    return tuple(
+        prefix + a
+        for a in (
+            "id", "time", "priority", "type", "source", "schemaversion", "partitionkey",
+            "correlationid", "causationid", "replyto", "datacontenttype", "traceparent",
+        )
+    )  # fmt: skip
+
+
 def from_headers(
     topic: str, data: bytes, headers: Mapping[str, str], prefix: str = "ce-"
 ) -> Message:
     """Rebuild a :class:`Message` from :func:`to_headers` output.
 
+    Headers starting with ``prefix`` are attributes (unknown ones are dropped), as are
+    ``content-type`` and ``traceparent``; every other header is a user header.
     Raises :class:`bus.DecodeError` when the mandatory ``id`` attribute is missing
     (the message was not published through this library or a CloudEvents producer).
     """
-    plen = len(prefix)
-    attrs: dict[str, str] = {}
-    user: dict[str, str] = {}
-    for name, value in headers.items():
-        if name.startswith(prefix):
-            attrs[name[plen:]] = value
-        elif name == "content-type":
-            attrs["datacontenttype"] = value
-        elif name == "traceparent":
-            attrs["traceparent"] = value
-        else:
-            user[name] = value
+    # Runs once per delivered message on every backend: lookups by precomputed
+    # names, one pass for the user headers.
+    get = headers.get
+    names = _names(prefix)
+    n_id, n_time, n_prio, n_type, n_source, n_schema, n_key = names[:7]
+    n_corr, n_cause, n_reply, n_content_type, n_trace = names[7:]
+    mid = get(n_id)
+    if mid is None:
+        raise DecodeError(f"message on {topic!r} carries no {prefix}id header")
+    raw_time, raw_priority = get(n_time), get(n_prio)
     try:
-        mid = attrs["id"]
-    except KeyError:
-        raise DecodeError(f"message on {topic!r} carries no {prefix}id header") from None
-    try:
-        time = dt.datetime.fromisoformat(attrs["time"]) if "time" in attrs else None
-        priority = int(attrs["priority"]) if "priority" in attrs else None
+        time = dt.datetime.fromisoformat(raw_time) if raw_time is not None else None
+        priority = int(raw_priority) if raw_priority is not None else None
     except ValueError as exc:
         raise DecodeError(f"message {mid} has a malformed attribute: {exc}") from exc
+    user = {
+        name: value
+        for name, value in headers.items()
+        if not name.startswith(prefix) and name not in _ENVELOPE_NAMES
+    }
     return Message(
         id=mid,
         topic=topic,
         data=data,
-        type=attrs.get("type", ""),
-        source=attrs.get("source", ""),
+        type=get(n_type, ""),
+        source=get(n_source, ""),
         time=time or dt.datetime.now(dt.UTC),
-        content_type=attrs.get("datacontenttype", codec.OCTET_STREAM),
-        schema_version=attrs.get("schemaversion"),
-        key=attrs.get("partitionkey"),
+        content_type=get("content-type") or get(n_content_type, codec.OCTET_STREAM),
+        schema_version=get(n_schema),
+        key=get(n_key),
         headers=user,
-        trace_parent=attrs.get("traceparent"),
-        correlation_id=attrs.get("correlationid"),
-        causation_id=attrs.get("causationid"),
-        reply_to=attrs.get("replyto"),
+        trace_parent=get("traceparent") or get(n_trace),
+        correlation_id=get(n_corr),
+        causation_id=get(n_cause),
+        reply_to=get(n_reply),
         priority=priority,
     )
 
