@@ -22,8 +22,14 @@ nack()                 Lua, atomic: ``XACK`` the entry and append a copy with
                        ``bus-attempts`` to the group's redelivery stream
                        ``<prefix>:{<topic>}:r:<group>``, read before everything else
 nack(delay), delay     zset ``:delayed`` scored by due time (server clock); a Lua mover
-                       run by every fetch and by publishers moves due members to their
-                       stream exactly once; state lives in Redis and survives restarts
+                       (in the fetch script: every 0.2 s while entries flow, when a known
+                       entry is due, on every idle wake-up; and by publishers) moves due
+                       members to their stream exactly once; state lives in Redis and
+                       survives restarts
+fetch                  while entries flow, a plain ``XREADGROUP`` pipelined with the
+                       coalesced ``XACK``; the fetch script (mover, reclaim, new priority
+                       levels) every 0.2 s or when due, and on every read of a topic
+                       with priority levels in use (it reads levels in strict order)
 attempt                ``bus-attempts`` (deliveries before this entry) + the entry's
                        delivery counter in the pending list (``XPENDING``)
 lease / dead consumer  ``XAUTOCLAIM`` of entries idle longer than ``ack_timeout``

@@ -55,8 +55,8 @@ CAPABILITIES = Capabilities(
         ),
         Feature.DELAY: emulated(
             "sorted set <prefix>:{topic}:delayed scored by due time; an atomic Lua mover, "
-            "run by subscribers on every fetch and publishers periodically, moves each due "
-            "message to its stream exactly once"
+            "run by subscribers (every 0.2 s while entries flow, when a known entry is due) "
+            "and publishers periodically, moves each due message to its stream exactly once"
         ),
         Feature.NACK_DELAY: emulated(
             "Lua: XACK the entry and put a copy (attempts counted) in the delayed sorted "
