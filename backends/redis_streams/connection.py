@@ -295,6 +295,10 @@ class Connection:
         for n, op in enumerate(ops):
             client = self.node((op.key or op.args[1]) if isinstance(op, Command) else op.keys[0])
             by_node.setdefault(id(client), (client, []))[1].append(n)
+        if len(by_node) == 1:
+            # one node (always, off a cluster): no task per node, no gather
+            ((client, _),) = by_node.values()
+            return await self._pipeline_on(client, ops)
         results: list[Any] = [None] * len(ops)
         parts = list(by_node.values())
         done = await asyncio.gather(
@@ -306,6 +310,14 @@ class Connection:
         return results
 
     async def _pipeline_on(self, client: aioredis.Redis, ops: Sequence[Op]) -> list[Any]:
+        if len(ops) == 1 and isinstance(ops[0], Command):
+            # One plain command (a single publish): skip redis-py's pipeline machinery.
+            # Its result or command error is returned as a pipeline would return it.
+            untyped: Any = client  # execute_command is untyped in some redis-py releases
+            try:
+                return [await untyped.execute_command(*ops[0].args)]
+            except rex.ResponseError as exc:
+                return [exc]
         pipe = client.pipeline(transaction=False)
         for op in ops:
             if isinstance(op, Command):
