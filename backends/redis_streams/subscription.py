@@ -312,23 +312,11 @@ class GroupSubscription(_Base):
                 ],
             )
         )
-        self._sending = (acks, touches)  # close() re-sends these if it cancels us
-        try:
-            results = await self._guard(self._conn.pipeline(ops))
-        except BaseException:
-            if not self._closed:
-                self._sending = None
-                self._restore_settlements(acks, touches)
-            raise
-        if results is None:
+        sent, result = await self._send_with_read(ops, acks, touches)
+        if not sent:
             return None
-        self._sending = None
         if housekeep:
             self._next_housekeep = now + self.backend.options.housekeeping_interval
-        for side in results[:-1]:  # acks, renewals, housekeeping
-            if isinstance(side, BaseException):
-                log.warning("on %r: %s", self.topic, self._conn.describe(side))
-        result = results[-1]
         if isinstance(result, BaseException):
             raise result
         entries, due_in, cursors, levels = result
@@ -346,14 +334,12 @@ class GroupSubscription(_Base):
             [(streams[int(i) - 1], _s(eid), fields, int(n)) for i, eid, fields, n in entries]
         )
 
-    async def _pipelined_read(
-        self,
-        ops: list[Op],
-        acks: dict[str, list[str]],
-        touches: dict[str, list[str]],
-        streams: list[str],
-    ) -> list[Delivery] | None:
-        """Send the settlements and a plain XREADGROUP (last op) in one round trip."""
+    async def _send_with_read(
+        self, ops: list[Op], acks: dict[str, list[str]], touches: dict[str, list[str]]
+    ) -> tuple[bool, Any]:
+        """Send the settlements (and housekeeping) with a read as the last op, in one
+        round trip; (False, None) if the subscription closed meanwhile, else (True,
+        the read's result or error). Settlements that did not go out are kept."""
         self._sending = (acks, touches)  # close() re-sends these if it cancels us
         try:
             results = await self._guard(self._conn.pipeline(ops))
@@ -363,12 +349,24 @@ class GroupSubscription(_Base):
                 self._restore_settlements(acks, touches)
             raise
         if results is None:
-            return None
+            return False, None
         self._sending = None
-        for side in results[:-1]:
+        for side in results[:-1]:  # acks, renewals, housekeeping
             if isinstance(side, BaseException):
                 log.warning("on %r: %s", self.topic, self._conn.describe(side))
-        result = results[-1]
+        return True, results[-1]
+
+    async def _pipelined_read(
+        self,
+        ops: list[Op],
+        acks: dict[str, list[str]],
+        touches: dict[str, list[str]],
+        streams: list[str],
+    ) -> list[Delivery] | None:
+        """Send the settlements and a plain XREADGROUP (last op) in one round trip."""
+        sent, result = await self._send_with_read(ops, acks, touches)
+        if not sent:
+            return None
         if isinstance(result, rex.ResponseError) and "NOGROUP" in str(result):
             # the group or a stream vanished (data loss): the full fetch recreates it
             self._next_full = 0.0
