@@ -199,14 +199,15 @@ class BenchConfig(_Model):
 def _quick() -> BenchConfig:
     return BenchConfig(
         profile="quick",
-        runs=5,
+        runs=4,
         warmup_runs=1,
         confirmed_publish=ConfirmedPublish(count=500),
         batched_publish=BatchedPublish(count=5000, batch=100),
         consume_ack=ConsumeAck(count=5000),
-        latency=Latency(rates=[500, 2000], duration_s=2.0, warmup_s=0.5, runs=3),
+        latency=Latency(rates=[500, 2000], duration_s=1.5, warmup_s=0.5, runs=3),
         # Sized so that `bus bench --all --profile quick` stays under 10 minutes on
-        # a 2-core machine: RabbitMQ (quorum queues, ~4k msg/s here) sets the pace.
+        # a 2-core machine: RabbitMQ (quorum queues, ~4k msg/s here, fsync-bound and
+        # variable: 220-300 s of a run) sets the pace.
         fanout=FanOut(groups=3, count=1200),
         scaling=Scaling(consumers=[1, 2, 4], count=2000),
         sizes=Sizes(sizes=[128, 1024, 65536], count=1500, bytes_budget=16 * 1024 * 1024),
