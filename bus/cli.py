@@ -51,7 +51,15 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _conformance(args: argparse.Namespace) -> int:
     import importlib
+    import logging
 
+    # The scenarios provoke failures on purpose (handlers that raise, undecodable
+    # payloads, dead brokers); the library logs those as warnings. The table is the
+    # result: show the log only with -v.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     runner: Any = importlib.import_module("conformance.runner")
     table: Any = importlib.import_module("conformance.table")
 
@@ -173,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf.add_argument("--json", metavar="FILE", help="results file (default bus-results/...)")
     conf.add_argument("--only", action="append", metavar="NAME", help="run only this scenario")
     conf.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE")
-    conf.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    conf.add_argument(
+        "-v", "--verbose", action="store_true", help="progress and the library's log on stderr"
+    )
     conf.set_defaults(func=_conformance)
     caps = sub.add_parser("capabilities", help="print the capability matrix (Markdown)")
     caps.add_argument("backend", nargs="*", choices=[*BUILTIN_BACKENDS, []], default=[])
