@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from tls_files import make_tls_files
+from support import collect_acked, make_tls_files
 
 import bus
 from backends.rabbitmq import RabbitMQBackend
@@ -70,19 +70,6 @@ async def _drop(url: str, *queues: str) -> None:
         for name in queues:
             with contextlib.suppress(Exception):
                 await ch.queue_delete(name, if_unused=False, if_empty=False)
-
-
-async def _collect(sub: bus.Subscription, n: int, timeout: float) -> list[bus.Delivery]:
-    got: list[bus.Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        try:
-            d = await sub.receive(timeout=max(0.01, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        got.append(d)
-        await d.ack()
-    return got
 
 
 # -- configuration and connection errors ---------------------------------------------
@@ -189,7 +176,7 @@ async def test_amqps_url_verifies_the_server(rabbitmq_broker: Broker, tmp_path: 
             await b.declare(topic, groups=["g"])
             mid = await b.publish(topic, b"over tls")
             async with b.subscribe(topic, group="g") as sub:
-                (d,) = await _collect(sub, 1, 10)
+                (d,) = await collect_acked(sub, 1, 10)
             assert d.message.id == mid
         with pytest.raises(bus.BrokerUnavailable) as info:
             await bus.connect(url, connect_timeout=5)  # system trust store: unknown CA
@@ -276,7 +263,7 @@ async def test_changing_the_queue_type_of_a_group_is_a_clear_configuration_error
         await b.declare(other, groups=["g"])  # still usable
         await b.publish(other, b"fine")
     async with bus.connect(url) as b, b.subscribe(topic, group="g") as sub:
-        (d,) = await _collect(sub, 1, 10)
+        (d,) = await collect_acked(sub, 1, 10)
         assert d.message.id == mid
     await _drop(url, group_queue(topic, "g"), group_queue(other, "g"))
 
@@ -298,7 +285,7 @@ async def test_consumer_resumes_when_its_queue_is_deleted(rabbitmq_broker: Broke
             assert time.monotonic() < deadline, "the queue was not re-created"
             await asyncio.sleep(0.1)
         mid = await b.publish(topic, b"after")
-        (d,) = await _collect(sub, 1, 10)
+        (d,) = await collect_acked(sub, 1, 10)
         assert d.message.id == mid
     await _drop(rabbitmq_broker.url, name)
 
@@ -314,7 +301,7 @@ async def test_acks_are_coalesced_on_the_wire(rabbitmq_broker: Broker) -> None:
         await b.declare(topic, groups=["g"])
         sent = await b.publish_many(topic, [f"m{i}" for i in range(200)])
         async with b.subscribe(topic, group="g", prefetch=100) as sub:
-            got = await _collect(sub, 200, 20)
+            got = await collect_acked(sub, 200, 20)
             frames = _inner(sub).frames_sent
         assert {d.message.id for d in got} == set(sent)
         assert frames <= 50, f"{frames} ack frames for 200 acks"
@@ -337,11 +324,11 @@ async def test_settlement_out_of_order_and_mixed(rabbitmq_broker: Broker) -> Non
             for d in ds[1:4] + ds[5:9]:
                 await d.ack()
             await ds[4].nack()
-            (again,) = await _collect(sub, 1, 10)
+            (again,) = await collect_acked(sub, 1, 10)
             assert again.message.id == sent[4]
             assert again.attempt == 2
         async with b.subscribe(topic, group="g") as sub:  # closing returned 0 and 9
-            back = await _collect(sub, 2, 10)
+            back = await collect_acked(sub, 2, 10)
             assert {d.message.id for d in back} == {sent[0], sent[9]}
             with pytest.raises(TimeoutError):
                 await sub.receive(timeout=1.0)
@@ -384,8 +371,8 @@ async def test_nack_delay_goes_back_to_its_own_group_only(rabbitmq_broker: Broke
         async with b.subscribe(topic, group="a") as sa, b.subscribe(topic, group="b") as sb:
             d = await sa.receive(timeout=10)
             await d.nack(delay=0.5)
-            (db,) = await _collect(sb, 1, 10)
-            (again,) = await _collect(sa, 1, 10)
+            (db,) = await collect_acked(sb, 1, 10)
+            (again,) = await collect_acked(sa, 1, 10)
             assert db.message.id == again.message.id == mid
             assert again.attempt == 2
             with pytest.raises(TimeoutError):
@@ -431,7 +418,7 @@ async def test_dead_letter_without_a_dlq_queue_is_an_error_and_loses_nothing(
             with pytest.raises(bus.PublishError, match="declare a group"):
                 await d.dead_letter("bad")
         async with b.subscribe(topic, group="g") as sub:
-            (again,) = await _collect(sub, 1, 10)
+            (again,) = await collect_acked(sub, 1, 10)
             assert again.message.id == mid
     await _drop(rabbitmq_broker.url, group_queue(topic, "g"))
 
@@ -451,7 +438,7 @@ async def test_broker_dead_letters_at_the_delivery_limit(rabbitmq_broker: Broker
                 assert d.attempt == attempt
                 await d.nack()
         async with b.subscribe(dlq, group="audit") as dead:
-            (x,) = await _collect(dead, 1, 10)
+            (x,) = await collect_acked(dead, 1, 10)
     h = x.message.headers
     assert x.message.id == mid
     assert x.message.data == b"poison"
@@ -492,7 +479,7 @@ async def test_foreign_consumer_and_producer(rabbitmq_broker: Broker) -> None:
                 routing_key=topic,
             )
             async with b.subscribe(topic, group="g") as sub:
-                got = await _collect(sub, 2, 10)
+                got = await collect_acked(sub, 2, 10)
     foreign = next(d for d in got if d.message.id != mid)
     assert foreign.message.id == "foreign-1"
     assert foreign.message.data == b"{}"
@@ -602,7 +589,7 @@ async def test_broker_outage_bounded_errors_then_recovery(
             except bus.BusError:
                 assert time.monotonic() < deadline, "no reconnect within 30 s"
         async with b.subscribe(topic, group="g") as sub:
-            got = await _collect(sub, 201, 20)
+            got = await collect_acked(sub, 201, 20)
             with contextlib.suppress(TimeoutError):  # the unconfirmed one may be there
                 got.append(await sub.receive(timeout=0.5))
     ids = {d.message.id for d in got}
@@ -660,7 +647,7 @@ async def test_sigkilled_consumer_holding_10_is_redelivered_within_5s(
                     await survivor.receive(timeout=0.3)
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
-                got = await _collect(survivor, 10, 5.0)
+                got = await collect_acked(survivor, 10, 5.0)
                 elapsed = time.monotonic() - killed_at
         finally:
             if proc.returncode is None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from tls_files import make_tls_files
+from support import collect_acked, make_tls_files
 
 import bus
 from backends.redis_streams import RedisStreamsBackend
@@ -66,19 +66,6 @@ async def _drop_topic(url: str, topic: str) -> None:
         keys = [k async for k in r.scan_iter(match=f"bus:{{{topic}}}*")]
         if keys:
             await r.delete(*keys)
-
-
-async def _collect(sub: bus.Subscription, n: int, timeout: float) -> list[bus.Delivery]:
-    got: list[bus.Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        try:
-            d = await sub.receive(timeout=max(0.01, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        got.append(d)
-        await d.ack()
-    return got
 
 
 # -- configuration and connection errors ---------------------------------------------
@@ -124,7 +111,7 @@ async def test_acl_user_from_url_and_wrong_password(private_broker: PrivateBroke
     topic = _topic("acl")
     async with bus.connect(good) as b, b.subscribe(topic, group="g") as sub:
         mid = await b.publish(topic, b"hello")
-        (d,) = await _collect(sub, 1, 10)
+        (d,) = await collect_acked(sub, 1, 10)
         assert d.message.id == mid
     wrong = "wrong-pw-2"
     with pytest.raises(bus.BrokerUnavailable) as info:
@@ -157,7 +144,7 @@ async def test_tls_rediss_url(private_broker: PrivateBrokerFactory, tmp_path: Pa
         b.subscribe(topic, group="g") as sub,
     ):
         mid = await b.publish(topic, b"over tls")
-        (d,) = await _collect(sub, 1, 10)
+        (d,) = await collect_acked(sub, 1, 10)
     assert d.message.id == mid
     assert d.message.data == b"over tls"
     with pytest.raises(bus.BrokerUnavailable):
@@ -204,7 +191,7 @@ async def test_acks_are_coalesced_on_the_wire(private_broker: PrivateBrokerFacto
             await r.config_resetstat()
             started = time.perf_counter()
             async with b.subscribe(topic, group="g", prefetch=200) as sub:
-                got = await _collect(sub, 1000, 30)
+                got = await collect_acked(sub, 1000, 30)
             rates[flush] = 1000 / (time.perf_counter() - started)
             stats = await r.info("commandstats")
             xacks[flush] = int(stats.get("cmdstat_xack", {}).get("calls", 0))
@@ -229,13 +216,13 @@ async def test_acked_history_is_trimmed_but_never_what_a_group_needs(
         await b.declare(topic, groups=["fast", "slow"])
         sent = await b.publish_many(topic, [f"m{i}" for i in range(1000)])
         async with b.subscribe(topic, group="fast", prefetch=200) as sub:
-            got = await _collect(sub, 1000, 30)
+            got = await collect_acked(sub, 1000, 30)
             assert len(got) == 1000
             with contextlib.suppress(TimeoutError):
                 await sub.receive(timeout=1.0)  # fetches run the housekeeping meanwhile
         assert await r.xlen(key) == 1000, "group 'slow' has read nothing: nothing may go"
         async with b.subscribe(topic, group="slow", prefetch=200) as sub:
-            got = await _collect(sub, 1000, 30)
+            got = await collect_acked(sub, 1000, 30)
             assert {d.message.id for d in got} == set(sent)
             deadline = time.monotonic() + 10
             while await r.xlen(key) > 200 and time.monotonic() < deadline:
@@ -309,7 +296,7 @@ async def test_foreign_entry_is_delivered_not_wedged(redis_broker: Broker) -> No
         ).decode()
         mid = await b.publish(topic, b"ours")
         async with b.subscribe(topic, group="g") as sub:
-            first, second = await _collect(sub, 2, 10)
+            first, second = await collect_acked(sub, 2, 10)
     assert first.message.id == f"redis-{entry}"
     assert first.message.data == b"raw"
     assert first.message.headers == {"origin": "legacy"}
@@ -375,7 +362,7 @@ async def test_delayed_messages_survive_a_restart(private_broker: PrivateBrokerF
             await d.nack(delay=3.0)
     await asyncio.to_thread(broker.restart)
     async with bus.connect(broker.url) as b, b.subscribe(topic, group="g") as sub:
-        got = await _collect(sub, 2, 20)
+        got = await collect_acked(sub, 2, 20)
     arrived = time.monotonic() - published
     assert {d.message.id for d in got} == {later, retried}
     assert [d.attempt for d in got if d.message.id == retried] == [2]
@@ -499,7 +486,7 @@ async def test_sigkilled_consumer_holding_10_is_redelivered_within_idle_plus_5s(
                 proc.kill()
                 await proc.wait()
         async with b.subscribe(topic, group="workers") as sub:
-            got = await _collect(sub, 10, ack_timeout + 5.0)
+            got = await collect_acked(sub, 10, ack_timeout + 5.0)
             elapsed = time.monotonic() - killed_at
             assert {d.message.id for d in got} == held, f"{len(got)} of 10 within {elapsed:.1f}s"
             assert all(d.attempt == 2 for d in got), [d.attempt for d in got]

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
 from pathlib import Path
 
-__all__ = ["make_tls_files"]
+import bus
+
+__all__ = ["collect_acked", "make_tls_files"]
+
+
+async def collect_acked(sub: bus.Subscription, n: int, timeout: float) -> list[bus.Delivery]:
+    """Up to ``n`` deliveries received within ``timeout`` seconds, each acked; fewer if
+    they do not come (the caller asserts what it expects)."""
+    got: list[bus.Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            d = await sub.receive(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        got.append(d)
+        await d.ack()
+    return got
 
 
 def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
