@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pydantic
 
@@ -33,17 +33,7 @@ WorkloadName = Literal[
     "job_roundtrip",
     "rpc",
 ]
-WORKLOADS: tuple[WorkloadName, ...] = (
-    "confirmed_publish",
-    "batched_publish",
-    "consume_ack",
-    "latency",
-    "fanout",
-    "scaling",
-    "sizes",
-    "job_roundtrip",
-    "rpc",
-)
+WORKLOADS: tuple[WorkloadName, ...] = get_args(WorkloadName)
 
 
 class _Model(pydantic.BaseModel):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.config import WORKLOADS
 from benchmarks.results import PointResult, Ratio, Results
 from benchmarks.stats import Summary
 
@@ -860,17 +861,7 @@ def _settings_section(results: Results) -> str:
         "- sizes of the workloads: "
         + "; ".join(
             f"{name} {json.dumps(cfg.get(name), separators=(',', ':'))}"
-            for name in (
-                "confirmed_publish",
-                "batched_publish",
-                "consume_ack",
-                "latency",
-                "fanout",
-                "scaling",
-                "sizes",
-                "job_roundtrip",
-                "rpc",
-            )
+            for name in WORKLOADS
             if name in cfg.get("workloads", [])
         ),
         f"- Kafka (both sides): {cfg.get('kafka')}",
