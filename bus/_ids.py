@@ -8,11 +8,18 @@ counter (RFC 9562, method 1), so ids sort by creation time.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
-import uuid
 
 _lock = threading.Lock()
+# A private generator: an application that calls random.seed() (training jobs do)
+# must not make two processes draw the same ids. Reseeded from os.urandom in a
+# forked child, like the random module's own instance.
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_rng.seed)
 _last_ms = 0
 _counter = 0
 
@@ -32,6 +39,9 @@ def uuid7() -> str:
             _last_ms = ms
             _counter = 0
         counter = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    # rand_b from a seeded Mersenne Twister: ids need uniqueness, not secrecy, and
+    # os.urandom is a syscall per id.
+    rand_b = _getrandbits(62)
+    h = "%032x" % ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b)
+    # the canonical 8-4-4-4-12 form, without building a uuid.UUID
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import math
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from bus.backend import Backend, Start
 from bus.capabilities import Capabilities, Feature
 from bus.envelope import encoded_size, validate_headers
 from bus.errors import BusClosed, BusError, ConfigurationError, InvalidArgument, MessageTooLarge
-from bus.message import Message
+from bus.message import Message, assemble
 from bus.options import parse_options
 from bus.registry import resolve
 from bus.retry import Retry
@@ -98,20 +99,22 @@ class Bus:
         if key is not None and not isinstance(key, str):
             raise InvalidArgument(f"key must be a str, got {key.__class__.__name__}")
         payload, content_type = codec.encode(data)
-        message = Message(
-            id=uuid7(),
-            topic=topic,
-            data=payload,
-            type=type,
-            source=self._backend.options.source,
-            content_type=content_type,
-            schema_version=schema_version,
-            key=key,
-            headers=validate_headers(headers),
-            trace_parent=trace_parent,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            priority=priority,
+        message = assemble(
+            uuid7(),
+            topic,
+            payload,
+            type,
+            self._backend.options.source,
+            dt.datetime.now(dt.UTC),
+            content_type,
+            schema_version,
+            key,
+            validate_headers(headers),
+            trace_parent,
+            correlation_id,
+            causation_id,
+            None,  # reply_to: set by request()
+            priority,
         )
         limit = self._backend.options.max_message_bytes or self._backend.max_message_bytes
         size = encoded_size(message)

@@ -32,19 +32,25 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from bus import codec
 from bus.errors import DecodeError, InvalidHeader
-from bus.message import Message
+from bus.message import Message, assemble
 
-__all__ = ["RESERVED_PREFIXES", "from_headers", "to_headers", "validate_headers"]
+__all__ = [
+    "RESERVED_PREFIXES",
+    "SLOTS",
+    "attribute_slots",
+    "build",
+    "from_headers",
+    "to_headers",
+    "validate_headers",
+]
 
 RESERVED_PREFIXES = ("ce-", "ce_", "bus-")
 _RESERVED_NAMES = frozenset({"content-type", "traceparent"})
 
-# attribute -> header suffix (after the prefix)
-_ENVELOPE_NAMES = frozenset({"content-type", "traceparent"})
 
 _OPTIONAL = (
     ("schema_version", "schemaversion"),
@@ -90,15 +96,83 @@ def to_headers(message: Message, prefix: str = "ce-") -> dict[str, str]:
     return out
 
 
+# Where each attribute header goes while decoding: one slot per attribute, plus
+# the alternative spellings (``<prefix>datacontenttype``, ``<prefix>traceparent``,
+# which lose to ``content-type`` / ``traceparent``) and ``<prefix>specversion``.
+(
+    _ID, _TYPE, _SOURCE, _TIME, _CONTENT_TYPE, _SCHEMA, _KEY, _TRACE, _CORRELATION,
+    _CAUSATION, _REPLY_TO, _PRIORITY, _CONTENT_TYPE_ALT, _TRACE_ALT, _SPEC,
+) = range(15)  # fmt: skip
+SLOTS = 15
+"""Length of the attribute list :func:`build` takes."""
+
+
 @functools.cache
-def _names(prefix: str) -> tuple[str, ...]:
-    return tuple(
-        prefix + a
-        for a in (
-            "id", "time", "priority", "type", "source", "schemaversion", "partitionkey",
-            "correlationid", "causationid", "replyto", "datacontenttype", "traceparent",
-        )
-    )  # fmt: skip
+def attribute_slots(prefix: str = "ce-") -> dict[str, int]:
+    """Header name -> slot in the attribute list of :func:`build`.
+
+    A decoder makes one pass over the headers: a name found here is an attribute
+    (its value goes to ``attrs[slot]``); any other name not starting with ``prefix``
+    is a user header; other prefixed names are unknown attributes and are dropped.
+    """
+    return {
+        prefix + "id": _ID,
+        prefix + "type": _TYPE,
+        prefix + "source": _SOURCE,
+        prefix + "time": _TIME,
+        "content-type": _CONTENT_TYPE,
+        prefix + "schemaversion": _SCHEMA,
+        prefix + "partitionkey": _KEY,
+        "traceparent": _TRACE,
+        prefix + "correlationid": _CORRELATION,
+        prefix + "causationid": _CAUSATION,
+        prefix + "replyto": _REPLY_TO,
+        prefix + "priority": _PRIORITY,
+        prefix + "datacontenttype": _CONTENT_TYPE_ALT,
+        prefix + "traceparent": _TRACE_ALT,
+        prefix + "specversion": _SPEC,
+    }
+
+
+def build(
+    topic: str,
+    data: bytes,
+    attrs: Sequence[str | None],
+    user: Mapping[str, str],
+    prefix: str = "ce-",
+) -> Message:
+    """The :class:`Message` of decoded attribute values (``attrs``, indexed by
+    :func:`attribute_slots`) and user headers.
+
+    Raises :class:`bus.DecodeError` when ``id`` is missing or ``time`` / ``priority``
+    is malformed.
+    """
+    mid = attrs[_ID]
+    if mid is None:
+        raise DecodeError(f"message on {topic!r} carries no {prefix}id header")
+    raw_time, raw_priority = attrs[_TIME], attrs[_PRIORITY]
+    try:
+        time = dt.datetime.fromisoformat(raw_time) if raw_time is not None else None
+        priority = int(raw_priority) if raw_priority is not None else None
+    except ValueError as exc:
+        raise DecodeError(f"message {mid} has a malformed attribute: {exc}") from exc
+    return assemble(
+        mid,
+        topic,
+        data,
+        attrs[_TYPE] or "",
+        attrs[_SOURCE] or "",
+        time or dt.datetime.now(dt.UTC),
+        attrs[_CONTENT_TYPE] or attrs[_CONTENT_TYPE_ALT] or codec.OCTET_STREAM,
+        attrs[_SCHEMA],
+        attrs[_KEY],
+        user,
+        attrs[_TRACE] or attrs[_TRACE_ALT],
+        attrs[_CORRELATION],
+        attrs[_CAUSATION],
+        attrs[_REPLY_TO],
+        priority,
+    )
 
 
 def from_headers(
@@ -111,43 +185,18 @@ def from_headers(
     Raises :class:`bus.DecodeError` when the mandatory ``id`` attribute is missing
     (the message was not published through this library or a CloudEvents producer).
     """
-    # Runs once per delivered message on every backend: lookups by precomputed
-    # names, one pass for the user headers.
-    get = headers.get
-    names = _names(prefix)
-    n_id, n_time, n_prio, n_type, n_source, n_schema, n_key = names[:7]
-    n_corr, n_cause, n_reply, n_content_type, n_trace = names[7:]
-    mid = get(n_id)
-    if mid is None:
-        raise DecodeError(f"message on {topic!r} carries no {prefix}id header")
-    raw_time, raw_priority = get(n_time), get(n_prio)
-    try:
-        time = dt.datetime.fromisoformat(raw_time) if raw_time is not None else None
-        priority = int(raw_priority) if raw_priority is not None else None
-    except ValueError as exc:
-        raise DecodeError(f"message {mid} has a malformed attribute: {exc}") from exc
-    user = {
-        name: value
-        for name, value in headers.items()
-        if not name.startswith(prefix) and name not in _ENVELOPE_NAMES
-    }
-    return Message(
-        id=mid,
-        topic=topic,
-        data=data,
-        type=get(n_type, ""),
-        source=get(n_source, ""),
-        time=time or dt.datetime.now(dt.UTC),
-        content_type=get("content-type") or get(n_content_type, codec.OCTET_STREAM),
-        schema_version=get(n_schema),
-        key=get(n_key),
-        headers=user,
-        trace_parent=get("traceparent") or get(n_trace),
-        correlation_id=get(n_corr),
-        causation_id=get(n_cause),
-        reply_to=get(n_reply),
-        priority=priority,
-    )
+    # Runs once per delivered message on every backend: one pass, one dict lookup
+    # per header.
+    slots = attribute_slots(prefix)
+    attrs: list[str | None] = [None] * SLOTS
+    user: dict[str, str] = {}
+    for name, value in headers.items():
+        slot = slots.get(name)
+        if slot is not None:
+            attrs[slot] = value
+        elif not name.startswith(prefix):
+            user[name] = value
+    return build(topic, data, attrs, user, prefix)
 
 
 def encoded_size(message: Message) -> int:

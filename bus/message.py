@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from bus import codec
 
-__all__ = ["Message"]
+__all__ = ["Message", "assemble"]
 
 T = TypeVar("T")
 
@@ -66,3 +66,58 @@ class Message:
     def evolve(self, **changes: Any) -> Message:
         """Return a copy with ``changes`` applied (messages are immutable)."""
         return replace(self, **changes)
+
+
+# A frozen dataclass's generated __init__ sets each of the 15 fields through
+# object.__setattr__ after binding 15 keyword arguments (~6 us on a 2-core CI
+# machine). The library builds one Message per published and per delivered
+# message, with every field already known, so it writes the slots directly
+# (~2 us). The slot descriptors bypass the frozen __setattr__, which is what
+# the dataclass __init__ does too.
+_new = object.__new__
+(
+    _set_id, _set_topic, _set_data, _set_type, _set_source, _set_time, _set_content_type,
+    _set_schema_version, _set_key, _set_headers, _set_trace_parent, _set_correlation_id,
+    _set_causation_id, _set_reply_to, _set_priority,
+) = (getattr(Message, name).__set__ for name in Message.__slots__)  # fmt: skip
+
+
+def assemble(
+    id: str,
+    topic: str,
+    data: bytes,
+    type: str,
+    source: str,
+    time: dt.datetime,
+    content_type: str,
+    schema_version: str | None,
+    key: str | None,
+    headers: Mapping[str, str],
+    trace_parent: str | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    reply_to: str | None,
+    priority: int | None,
+) -> Message:
+    """A :class:`Message` with every field given positionally, in declaration order.
+
+    Equal to ``Message(id=id, topic=topic, ...)``; for the library's hot paths, which
+    know every field. Nothing is validated (the constructor validates nothing either).
+    """
+    m = _new(Message)
+    _set_id(m, id)
+    _set_topic(m, topic)
+    _set_data(m, data)
+    _set_type(m, type)
+    _set_source(m, source)
+    _set_time(m, time)
+    _set_content_type(m, content_type)
+    _set_schema_version(m, schema_version)
+    _set_key(m, key)
+    _set_headers(m, headers)
+    _set_trace_parent(m, trace_parent)
+    _set_correlation_id(m, correlation_id)
+    _set_causation_id(m, causation_id)
+    _set_reply_to(m, reply_to)
+    _set_priority(m, priority)
+    return m

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
+import os
 import re
 
 import pytest
@@ -11,6 +14,7 @@ from pydantic import BaseModel
 import bus
 from bus import envelope
 from bus._ids import uuid7
+from bus.message import assemble
 from bus.registry import resolve
 
 
@@ -137,6 +141,62 @@ def test_envelope_roundtrip_keeps_every_attribute() -> None:
 def test_envelope_without_id_is_decode_error() -> None:
     with pytest.raises(bus.DecodeError, match="ce-id"):
         envelope.from_headers("t", b"", {"foo": "bar"})
+
+
+def test_envelope_decoding_precedence_and_user_headers() -> None:
+    headers = {
+        "ce-id": "m1",
+        "ce-datacontenttype": "text/csv",
+        "content-type": "application/json",
+        "ce-traceparent": "from-extension",
+        "traceparent": "from-w3c",
+        "ce-unknownattr": "dropped",
+        "bus-dlq-reason": "kept: library headers are user headers",
+        "x-user": "kept",
+    }
+    message = envelope.from_headers("t", b"{}", headers)
+    assert message.content_type == "application/json"
+    assert message.trace_parent == "from-w3c"
+    assert dict(message.headers) == {
+        "bus-dlq-reason": "kept: library headers are user headers",
+        "x-user": "kept",
+    }
+    fallback = envelope.from_headers("t", b"", {"ce-id": "m2", "ce-datacontenttype": "text/csv"})
+    assert fallback.content_type == "text/csv"
+    assert (fallback.type, fallback.source) == ("", "")
+    assert fallback.time.tzinfo is not None
+    with pytest.raises(bus.DecodeError, match="malformed"):
+        envelope.from_headers("t", b"", {"ce-id": "m3", "ce-time": "yesterday"})
+
+
+def test_assemble_takes_the_fields_in_declaration_order() -> None:
+    # assemble() writes slots positionally: a reordered or added field must show here
+    names = [f.name for f in dataclasses.fields(bus.Message)]
+    assert list(inspect.signature(assemble).parameters) == names
+    values = [f"v-{name}" for name in names]
+    assert dataclasses.astuple(assemble(*values)) == tuple(values)  # type: ignore[arg-type]
+
+
+def test_ids_stay_unique_across_seeded_random_and_fork() -> None:
+    import random
+
+    random.seed(7)  # an application seeding the global generator changes nothing
+    first = uuid7()
+    random.seed(7)
+    assert uuid7()[19:] != first[19:]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its ids, exit without running pytest's teardown
+        os.write(write, ",".join(uuid7() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [uuid7() for _ in range(50)]
+    assert len(child) == 50
+    # the random tail (rand_b) differs: a forked child does not replay the parent
+    assert not {i[19:] for i in child} & {i[19:] for i in parent}
 
 
 @pytest.mark.parametrize("name", ["ce-id", "CE-Type", "bus-dlq-reason", "traceparent", "ce_x"])

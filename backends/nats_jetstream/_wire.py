@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from bus.envelope import from_headers, to_headers
+from bus.envelope import SLOTS, attribute_slots, build, from_headers, to_headers
 from bus.errors import DecodeError
 from bus.message import Message
 
@@ -81,6 +81,10 @@ def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
     return size
 
 
+_SLOTS = attribute_slots()
+_ID = _SLOTS["ce-id"]
+
+
 def decode(topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Message:
     """Rebuild the :class:`Message` published to ``topic``.
 
@@ -88,23 +92,47 @@ def decode(topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_
     ``Nats-Msg-Id``, else ``fallback_id`` (stream and sequence), as id, so it can
     still be consumed and settled.
     """
+    # Once per delivery: one pass over the headers (the escaped-headers case, rare,
+    # takes the two-pass path below).
+    attrs: list[str | None] = [None] * SLOTS
+    user: dict[str, str] = {}
+    msg_id = fallback_id
+    slots = _SLOTS
+    for name, value in (headers or {}).items():
+        slot = slots.get(name)
+        if slot is not None:
+            attrs[slot] = value
+        elif name[:5].lower() == "nats-":
+            if name == MSG_ID:
+                msg_id = value
+        elif name == ESCAPED:
+            return _decode_escaped(topic, data, headers or {}, fallback_id)
+        elif not name.startswith("ce-"):
+            user[name] = value
+    if attrs[_ID] is None:
+        attrs[_ID] = msg_id
+    return build(topic, data, attrs, user)
+
+
+def _decode_escaped(
+    topic: str, data: bytes, headers: Mapping[str, str], fallback_id: str
+) -> Message:
     clean: dict[str, str] = {}
     msg_id = fallback_id
-    if headers:
-        for name, value in headers.items():
-            if name[:5].lower() == "nats-":
-                if name == MSG_ID:
-                    msg_id = value
-                continue
-            if name == ESCAPED:
-                try:
-                    restored = json.loads(value)
-                except ValueError as exc:
-                    raise DecodeError(f"malformed {ESCAPED} header on {topic!r}") from exc
-                if isinstance(restored, dict):
-                    clean.update({str(k): str(v) for k, v in restored.items()})
-                continue
-            clean[name] = value
+    for name, value in headers.items():
+        if name[:5].lower() == "nats-":
+            if name == MSG_ID:
+                msg_id = value
+            continue
+        if name == ESCAPED:
+            try:
+                restored = json.loads(value)
+            except ValueError as exc:
+                raise DecodeError(f"malformed {ESCAPED} header on {topic!r}") from exc
+            if isinstance(restored, dict):
+                clean.update({str(k): str(v) for k, v in restored.items()})
+            continue
+        clean[name] = value
     if "ce-id" not in clean:
         clean["ce-id"] = msg_id
     return from_headers(topic, data, clean)

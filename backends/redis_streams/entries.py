@@ -11,9 +11,9 @@ fields, so a consumer in any language reads the payload from one field as publis
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from bus.envelope import from_headers, to_headers
+from bus.envelope import SLOTS, attribute_slots, build, to_headers
 from bus.errors import DecodeError
 from bus.message import Message
 
@@ -21,6 +21,7 @@ __all__ = ["ATTEMPTS", "DATA", "Fields", "from_fields", "to_fields"]
 
 log = logging.getLogger(__name__)
 
+PREFIX = "ce-"
 DATA = "bus-data"
 ATTEMPTS = "bus-attempts"
 
@@ -36,11 +37,18 @@ def to_fields(message: Message) -> list[str | bytes]:
     return out
 
 
-def _pairs(fields: Fields) -> list[tuple[bytes, bytes]]:
+# Field names as they arrive (bytes) -> attribute slot; decoding an entry is one
+# pass over its fields with one dict lookup each (it runs once per delivery).
+_SLOTS = {name.encode(): slot for name, slot in attribute_slots(PREFIX).items()}
+_DATA, _ATTEMPTS = DATA.encode(), ATTEMPTS.encode()
+_PREFIX = PREFIX.encode()
+
+
+def _pairs(fields: Fields) -> Iterable[tuple[bytes, bytes]]:
     if isinstance(fields, Mapping):
-        return list(fields.items())
+        return fields.items()
     it = iter(fields)
-    return list(zip(it, it, strict=True))
+    return zip(it, it, strict=True)
 
 
 def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int]:
@@ -52,23 +60,25 @@ def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int
     """
     data = b""
     prior = 0
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in _pairs(fields):
-        name = raw_name.decode("utf-8", "replace")
-        if name == DATA:
-            data = raw_value
-        elif name == ATTEMPTS:
+    attrs: list[str | None] = [None] * SLOTS
+    user: dict[str, str] = {}
+    slots = _SLOTS
+    for name, value in _pairs(fields):
+        slot = slots.get(name)
+        if slot is not None:
+            attrs[slot] = value.decode("utf-8", "replace")
+        elif name == _DATA:
+            data = value
+        elif name == _ATTEMPTS:
             try:
-                prior = int(raw_value)
+                prior = int(value)
             except ValueError:
                 prior = 0
-        else:
-            headers[name] = raw_value.decode("utf-8", "replace")
+        elif not name.startswith(_PREFIX):
+            user[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
     try:
-        return from_headers(topic, data, headers), prior
+        return build(topic, data, attrs, user, PREFIX), prior
     except DecodeError:
         log.warning("entry %s of %r is not a bus message; delivering it as is", entry_id, topic)
-        user = {k: v for k, v in headers.items() if not k.lower().startswith(("ce-", "bus-"))}
-        user.pop("content-type", None)
-        user.pop("traceparent", None)
-        return Message(id=f"redis-{entry_id}", topic=topic, data=data, headers=user), prior
+        foreign = {k: v for k, v in user.items() if not k.lower().startswith(("ce-", "bus-"))}
+        return Message(id=f"redis-{entry_id}", topic=topic, data=data, headers=foreign), prior
