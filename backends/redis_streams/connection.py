@@ -119,8 +119,11 @@ def _client_kwargs(url: str, options: RedisStreamsOptions) -> dict[str, Any]:
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password is not None else None,
         "socket_connect_timeout": options.connect_timeout,
-        # Reads block for at most MAX_BLOCK; a reply slower than this is a dead socket.
-        "socket_timeout": max(options.operation_timeout, MAX_BLOCK + 10.0),
+        # No per-reply timer: redis-py arms one for every reply it reads (a pipeline
+        # of 100 XADDs, 100 timers), which cost a fifth of publish_many. Each
+        # command, pipeline and read is bounded once, by Connection.bounded; only
+        # the cluster client's own topology reads use redis-py's socket_timeout.
+        "socket_timeout": None,
         "socket_keepalive": True,
         "retry": Retry(NoBackoff(), 0),  # retried here, within operation_timeout
         "client_name": "bus",
@@ -150,6 +153,9 @@ class Connection:
         self.options = options
         self._kwargs = _client_kwargs(url, options)
         self._password: str | None = self._kwargs["password"]
+        #: Longest wait for a reply: reads block for at most MAX_BLOCK, so a reply
+        #: slower than this means a dead socket or a hung server.
+        self.reply_timeout = max(options.operation_timeout, MAX_BLOCK + 10.0)
         self._client: aioredis.Redis | RedisCluster | None = None
         # Cluster: one plain client per primary. Every key of a topic is in one slot,
         # so each pipeline, script and multi-stream read goes to one node whole
@@ -169,7 +175,10 @@ class Connection:
         try:
             async with asyncio.timeout(timeout):
                 if self.options.cluster:
-                    cluster = RedisCluster(max_connections=10_000, **self._kwargs)
+                    cluster = RedisCluster(
+                        max_connections=10_000,
+                        **{**self._kwargs, "socket_timeout": self.reply_timeout},
+                    )
                     self._client = cluster
                     await cluster.initialize()
                 else:
@@ -279,18 +288,33 @@ class Connection:
                 pause = min(pause * 2, 1.0)
 
     # -- commands ----------------------------------------------------------------
+    async def bounded(self, op: Awaitable[T], timeout: float | None = None) -> T:
+        """Await one redis-py call within ``timeout`` (default :attr:`reply_timeout`);
+        :class:`TimeoutError` (transient) after it. Every call the backend makes goes
+        through here, :meth:`pipeline` or :meth:`script`: the clients have no
+        socket timeout of their own. A call cancelled mid-reply makes redis-py drop
+        that connection, so no late reply is read by the next command."""
+        async with asyncio.timeout(timeout if timeout is not None else self.reply_timeout):
+            return await op
+
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` once (EVALSHA, EVAL when the server does not know it yet)."""
-        client = self.node(keys[0])
-        try:
-            return await _awaited(client.evalsha(script.sha, len(keys), *keys, *args))
-        except rex.NoScriptError:
-            return await _awaited(client.eval(script.source, len(keys), *keys, *args))
+        async with asyncio.timeout(self.reply_timeout):
+            client = self.node(keys[0])
+            try:
+                return await _awaited(client.evalsha(script.sha, len(keys), *keys, *args))
+            except rex.NoScriptError:
+                return await _awaited(client.eval(script.source, len(keys), *keys, *args))
 
     async def pipeline(self, ops: Sequence[Op]) -> list[Any]:
         """Send ``ops`` in one round trip (one per node on a cluster); results in order.
         A failed command's result is its exception (so one bad command does not hide
-        the others' results); a lost connection or moved slot raises."""
+        the others' results); a lost connection or moved slot raises. The whole
+        exchange is bounded by :attr:`reply_timeout` (:class:`TimeoutError`)."""
+        async with asyncio.timeout(self.reply_timeout):
+            return await self._pipeline(ops)
+
+    async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
         by_node: dict[int, tuple[aioredis.Redis, list[int]]] = {}
         for n, op in enumerate(ops):
             client = self.node((op.key or op.args[1]) if isinstance(op, Command) else op.keys[0])

@@ -393,12 +393,14 @@ class GroupSubscription(_Base):
         client = self._conn.node(self.keys.base)
         try:
             result = await self._guard(
-                client.xreadgroup(
-                    self.group_name,
-                    self.consumer,
-                    dict.fromkeys(streams, ">"),
-                    count=room,
-                    block=block_ms,
+                self._conn.bounded(
+                    client.xreadgroup(
+                        self.group_name,
+                        self.consumer,
+                        dict.fromkeys(streams, ">"),
+                        count=room,
+                        block=block_ms,
+                    )
                 )
             )
         except rex.ResponseError as exc:
@@ -607,8 +609,10 @@ class BroadcastSubscription(_Base):
             return []
         streams = self._streams()
         result = await self._guard(
-            self._conn.node(self.keys.base).xread(
-                {s: self._positions.get(s, "0-0") for s in streams}, count=room, block=block
+            self._conn.bounded(
+                self._conn.node(self.keys.base).xread(
+                    {s: self._positions.get(s, "0-0") for s in streams}, count=room, block=block
+                )
             )
         )
         if not result:
