@@ -854,7 +854,14 @@ def _settings_section(results: Results) -> str:
         "measured runs per figure (latency: "
         f"{(cfg.get('latency') or {}).get('runs') or cfg.get('runs')} runs per rate after a "
         "warm-up at that rate); figures are medians with (min-max) of the runs. Library "
-        "and raw client run back to back for each workload.",
+        "and raw client run back to back for each workload."
+        + (
+            f" The measured runs are split over {cfg.get('rounds')} rounds (passes through "
+            "all of a backend's workloads, each with its warm-up), so a figure's spread "
+            "also holds the machine's drift over minutes."
+            if (cfg.get("rounds") or 1) > 1
+            else ""
+        ),
         f"- message size {cfg.get('message_size')} B unless stated; prefetch {cfg.get('prefetch')} "
         "on both sides (library `prefetch`, Redis XREADGROUP COUNT, RabbitMQ basic.qos, "
         "NATS fetch batch, Kafka max_records).",

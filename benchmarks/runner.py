@@ -33,8 +33,10 @@ __all__ = [
     "BackendPlan",
     "backend_of",
     "compute_ratios",
+    "merge_rounds",
     "plan_all",
     "plan_urls",
+    "round_configs",
     "run_benchmarks",
 ]
 
@@ -301,7 +303,7 @@ async def _run_backend(
         for side in sides:
             side.target.status = "skipped"
             side.target.reason = plan.reason
-        progress.done += len(sides) * len(config.workloads)
+        progress.done += len(sides) * sum(len(c.workloads) for c in round_configs(config))
         progress.note(f"{plan.backend}: not measured: {plan.reason.splitlines()[0]}")
         return
 
@@ -335,45 +337,115 @@ async def _run_backend(
         side.target.broker = broker
 
     purger = next((s.driver for s in sides if s.side == "raw" and s.driver is not None), None)
+    collected: dict[str, list[Point]] = {side.target.id: [] for side in sides}
+    carry: dict[str, dict[Any, Any]] = {side.target.id: {} for side in sides}
+    rounds = round_configs(config)
     try:
-        for workload in config.workloads:
-            for side in sides:
-                label = f"{side.target.id:<14} {workload}"
-                progress.start(label)
-                if side.driver is None:
-                    progress.finish(f"skipped ({side.target.reason[:80]})")
-                    continue
-                if workload == "rpc" and side.side == "raw":
-                    progress.finish("n/a (library only)")
-                    continue
-                ctx = Context(
-                    config,
-                    side.driver,
-                    side.factory,
-                    run_id=run_id,
-                    broker_proc=proc,
-                    progress=progress,
-                )
-                func = WORKLOAD_FUNCS[workload]
-                try:
-                    async with asyncio.timeout(config.workload_timeout_s * 2):
-                        result = await func(ctx)
-                except Exception as exc:
-                    message = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                    result = [Point(workload, {}, error=message)]
-                finally:
-                    await ctx.aclose()
-                    await _cleanup(ctx, side, purger, plan.backend, progress)
-                for point in result:
-                    points.append(_summarize(point, side.target))
-                progress.finish(_headline(result))
+        for round_index, round_config in enumerate(rounds):
+            for workload in round_config.workloads:
+                for side in sides:
+                    label = f"{side.target.id:<14} {workload}"
+                    if len(rounds) > 1:
+                        label += f" (round {round_index + 1}/{len(rounds)})"
+                    progress.start(label)
+                    if side.driver is None:
+                        progress.finish(f"skipped ({side.target.reason[:80]})")
+                        continue
+                    if workload == "rpc" and side.side == "raw":
+                        progress.finish("n/a (library only)")
+                        continue
+                    ctx = Context(
+                        round_config,
+                        side.driver,
+                        side.factory,
+                        run_id=run_id,
+                        broker_proc=proc,
+                        progress=progress,
+                        round_index=round_index,
+                        carry=carry[side.target.id],
+                    )
+                    func = WORKLOAD_FUNCS[workload]
+                    try:
+                        async with asyncio.timeout(config.workload_timeout_s * 2):
+                            result = await func(ctx)
+                    except Exception as exc:
+                        message = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                        result = [Point(workload, {}, error=message)]
+                    finally:
+                        await ctx.aclose()
+                        await _cleanup(ctx, side, purger, plan.backend, progress)
+                    collected[side.target.id].extend(result)
+                    progress.finish(_headline(result))
     finally:
         for side in sides:
+            for point in merge_rounds(collected[side.target.id]):
+                points.append(_summarize(point, side.target))
             if side.driver is not None:
                 side.target.settings = side.driver.settings()
                 with contextlib.suppress(Exception):
                     await side.driver.close()
             side.target.duration_s = round(time.monotonic() - side.started, 1)
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def round_configs(config: BenchConfig) -> list[BenchConfig]:
+    """The config of each round: ``runs`` (and the latency runs) split over
+    ``rounds``; a round left with no latency run leaves the latency workload out."""
+    rounds = min(config.rounds, config.runs)
+    out = []
+    for r in range(rounds):
+        latency_runs = config.latency.runs
+        workloads = list(config.workloads)
+        if latency_runs is not None:
+            latency_runs = _share(latency_runs, rounds, r)
+            if latency_runs == 0:
+                workloads = [w for w in workloads if w != "latency"]
+                latency_runs = 1
+        out.append(
+            config.model_copy(
+                update={
+                    "runs": _share(config.runs, rounds, r),
+                    "workloads": workloads,
+                    "latency": config.latency.model_copy(update={"runs": latency_runs}),
+                }
+            )
+        )
+    return out
+
+
+def merge_rounds(points: Sequence[Point]) -> list[Point]:
+    """One point per (workload, parameters): the runs of every round together, in
+    the order measured; the latest latency curve (it merges all rounds so far); an
+    error from any round."""
+    merged: dict[tuple[str, str], Point] = {}
+    for point in points:
+        key = (point.workload, repr(sorted(point.params.items())))
+        into = merged.get(key)
+        if into is None:
+            merged[key] = Point(
+                point.workload,
+                dict(point.params),
+                {name: list(values) for name, values in point.runs.items()},
+                list(point.cpu_s),
+                list(point.rss_mb),
+                point.curve_ms,
+                list(point.notes),
+                point.error,
+                list(point.other_load_pct),
+            )
+            continue
+        for name, values in point.runs.items():
+            into.runs.setdefault(name, []).extend(values)
+        into.cpu_s.extend(point.cpu_s)
+        into.rss_mb.extend(point.rss_mb)
+        into.other_load_pct.extend(point.other_load_pct)
+        into.curve_ms = point.curve_ms or into.curve_ms
+        into.notes.extend(n for n in point.notes if n not in into.notes)
+        into.error = into.error or point.error
+    return list(merged.values())
 
 
 def _summarize(point: Point, target: TargetResult) -> PointResult:
@@ -467,7 +539,8 @@ async def run_benchmarks(
     """Measure every plan's backend (and its raw client) with ``config``."""
     progress = progress or Progress(0, enabled=False)
     sides_per = [(1 if p.backend == "memory" or not config.raw else 2) for p in plans]
-    progress.total = max(1, sum(sides_per) * len(config.workloads))
+    per_round = sum(len(c.workloads) for c in round_configs(config))
+    progress.total = max(1, sum(sides_per) * per_round)
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     environment = describe_environment()

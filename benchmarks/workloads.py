@@ -76,8 +76,15 @@ class Context:
         run_id: str,
         broker_proc: Any | None,
         progress: Progress | None = None,
+        round_index: int = 0,
+        carry: dict[Any, Any] | None = None,
     ) -> None:
         self.config = config
+        #: Which pass through the backend's workloads this is (see ``BenchConfig.rounds``).
+        self.round_index = round_index
+        #: State a workload keeps across rounds (one dict per side), e.g. the merged
+        #: latency histogram.
+        self.carry: dict[Any, Any] = carry if carry is not None else {}
         self.driver = driver
         self._new_driver = new_driver
         self.run_id = run_id
@@ -88,7 +95,9 @@ class Context:
         self._extra: list[Driver] = []
 
     def topic(self, name: str) -> str:
-        topic = f"bench.{self.run_id}.{self.driver.side}.{name}"
+        # a fresh topic per round: a deleted Kafka topic is not re-created at once
+        suffix = f".r{self.round_index}" if self.round_index else ""
+        topic = f"bench.{self.run_id}.{self.driver.side}.{name}{suffix}"
         self.topics.append(topic)
         return topic
 
@@ -617,7 +626,8 @@ async def latency(ctx: Context) -> list[Point]:
             point = Point(
                 "latency", {"rate": rate, "size": cfg.message_size, "duration_s": lc.duration_s}
             )
-            merged = LatencyHistogram()
+            # one histogram per rate over every round: the curve covers all runs
+            merged = ctx.carry.setdefault(("latency", rate), LatencyHistogram())
             if lc.warmup_s > 0:
                 ctx.detail(f"{rate}/s warm-up")
                 await _latency_run(
@@ -640,7 +650,7 @@ async def latency(ctx: Context) -> list[Point]:
             point.curve_ms = merged.curve_ms()
             point.notes.append("latency from intended send time; curve merges all runs")
             points.append(point)
-        if lc.ramp.enabled:
+        if lc.ramp.enabled and ctx.round_index == 0:
             points.append(await _ramp(ctx, consumer, topic))
     finally:
         await close_all([consumer])

@@ -12,12 +12,14 @@ import pytest
 from benchmarks.cli import main
 from benchmarks.config import apply_overrides, profile
 from benchmarks.results import PointResult, Results
-from benchmarks.runner import compute_ratios
+from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
+from benchmarks.workloads import Point
 from conformance.brokers import Broker
 
 TINY = [
     "runs=2",
+    "rounds=2",
     "warmup_runs=0",
     "confirmed_publish.count=20",
     "batched_publish.count=60",
@@ -47,6 +49,23 @@ def test_quick_profile_overrides_are_validated() -> None:
         apply_overrides(config, ["consume_ack.nope=1"])
     with pytest.raises(ValueError):
         apply_overrides(config, ["consume_ack.count=-1"])
+
+
+def test_rounds_split_the_runs_and_merge_them_back() -> None:
+    config = apply_overrides(profile("quick"), ["runs=5", "rounds=2", "latency.runs=1"])
+    first, second = round_configs(config)
+    assert (first.runs, second.runs) == (3, 2)
+    assert first.latency.runs == 1
+    assert "latency" in first.workloads
+    assert "latency" not in second.workloads  # its one run went to the first round
+
+    def part(values: list[float], curve: list[tuple[float, float]] | None) -> Point:
+        return Point("latency", {"rate": 500}, {"p99_ms": values}, cpu_s=[0.1], curve_ms=curve)
+
+    (merged,) = merge_rounds([part([1.0, 2.0], [(50.0, 1.0)]), part([3.0], [(50.0, 2.0)])])
+    assert merged.runs["p99_ms"] == [1.0, 2.0, 3.0]
+    assert merged.cpu_s == [0.1, 0.1]
+    assert merged.curve_ms == [(50.0, 2.0)]  # the latest: it covers every round
 
 
 def test_ratio_uses_medians_and_spread_bounds() -> None:
@@ -99,6 +118,9 @@ def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> N
             for summary in p.metrics.values():
                 assert summary.min <= summary.median <= summary.max
                 assert len(summary.runs) >= 1
+        # rounds=2, runs=2: one run per round, merged into one figure
+        consume = next(p for p in points if p.workload == "consume_ack")
+        assert len(consume.metrics["msg_s"].runs) == 2, target
     latency = results.find("redis", "raw", "latency", rate=200)[0]
     assert {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"} <= set(latency.metrics)
     assert latency.curve_ms
