@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from bus import codec
 from bus.errors import DecodeError, InvalidHeader
@@ -176,12 +176,17 @@ def build(
 
 
 def from_headers(
-    topic: str, data: bytes, headers: Mapping[str, str], prefix: str = "ce-"
+    topic: str,
+    data: bytes,
+    headers: Mapping[str, str],
+    prefix: str = "ce-",
+    skip: Container[str] = (),
 ) -> Message:
     """Rebuild a :class:`Message` from :func:`to_headers` output.
 
     Headers starting with ``prefix`` are attributes (unknown ones are dropped), as are
-    ``content-type`` and ``traceparent``; every other header is a user header.
+    ``content-type`` and ``traceparent``; names in ``skip`` (a backend's bookkeeping
+    headers) are left out; every other header is a user header.
     Raises :class:`bus.DecodeError` when the mandatory ``id`` attribute is missing
     (the message was not published through this library or a CloudEvents producer).
     """
@@ -194,7 +199,7 @@ def from_headers(
         slot = slots.get(name)
         if slot is not None:
             attrs[slot] = value
-        elif not name.startswith(prefix):
+        elif not name.startswith(prefix) and name not in skip:
             user[name] = value
     return build(topic, data, attrs, user, prefix)
 

@@ -167,6 +167,9 @@ def test_envelope_decoding_precedence_and_user_headers() -> None:
     assert fallback.time.tzinfo is not None
     with pytest.raises(bus.DecodeError, match="malformed"):
         envelope.from_headers("t", b"", {"ce-id": "m3", "ce-time": "yesterday"})
+    bookkeeping = {"ce_id": "m4", "bus-attempt": "2", "x-user": "kept"}
+    skipped = envelope.from_headers("t", b"", bookkeeping, "ce_", skip=("bus-attempt",))
+    assert dict(skipped.headers) == {"x-user": "kept"}
 
 
 def test_assemble_takes_the_fields_in_declaration_order() -> None:

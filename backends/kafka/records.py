@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from bus import codec
-from bus.envelope import SLOTS, attribute_slots, build, to_headers
+from bus.envelope import from_headers, to_headers
 from bus.errors import DecodeError
 from bus.message import Message
 
@@ -39,7 +39,6 @@ ATTEMPT = "bus-attempt"
 GROUP = "bus-group"
 NOT_BEFORE = "bus-not-before"
 _INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE)
-_SLOTS = attribute_slots(PREFIX)
 
 RecordHeaders = list[tuple[str, bytes]]
 
@@ -79,18 +78,8 @@ def to_message(
     partition.
     """
     data = value or b""
-    # once per record: one pass, one dict lookup per header
-    slots = _SLOTS
-    attrs: list[str | None] = [None] * SLOTS
-    user: dict[str, str] = {}
-    for name, text in headers.items():
-        slot = slots.get(name)
-        if slot is not None:
-            attrs[slot] = text
-        elif name not in _INTERNAL and not name.startswith(PREFIX):
-            user[name] = text
     try:
-        return build(topic, data, attrs, user, PREFIX)
+        return from_headers(topic, data, headers, PREFIX, skip=_INTERNAL)
     except DecodeError:
         pass  # not (or malformed) CloudEvents: deliver it as a plain record
     user = {k: v for k, v in headers.items() if k not in _INTERNAL}
