@@ -629,8 +629,11 @@ class NatsJetStreamBackend(Backend):
             raise MessageTooLarge(len(data), self.max_message_bytes, subject) from None
         except nats.errors.Error as exc:  # buffer full while reconnecting, ...
             return _Outcome(type(exc).__name__)
+        body = msg.data
+        if body[:1] == b"{" and b'"error"' not in body:
+            return None  # {"stream": ..., "seq": ...}: stored (parsing it is 1/4 of a publish)
         try:
-            ack = json.loads(msg.data)
+            ack = json.loads(body)
         except ValueError:
             return _Outcome("malformed PubAck")
         error = ack.get("error") if isinstance(ack, dict) else None
@@ -646,29 +649,41 @@ class NatsJetStreamBackend(Backend):
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.operation_timeout
+        first: _Outcome | None = None
+        if len(items) == 1:
+            # the common single publish: one attempt without the window machinery
+            # below (a tenth of a publish's CPU); on failure it joins the retry loop
+            first = await self._attempt(
+                subject, items[0], min(self.options.operation_timeout, _ATTEMPT_TIMEOUT)
+            )
+            if first is None:
+                return
         pending = list(items)
         problem = "no PubAck"
         backoff = 0.05
         while pending:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise self._publish_failure(subject, len(pending), problem)
-            attempt = min(remaining, _ATTEMPT_TIMEOUT)
             retry: list[Item] = []
             missing = False
-            for start in range(0, len(pending), _WINDOW):
-                window = pending[start : start + _WINDOW]
-                if len(window) == 1:  # the common single publish: no task per message
-                    outcomes = [await self._attempt(subject, window[0], attempt)]
-                else:
-                    outcomes = await asyncio.gather(
-                        *(self._attempt(subject, item, attempt) for item in window)
-                    )
-                for item, outcome in zip(window, outcomes, strict=True):
-                    if outcome is not None:
-                        retry.append(item)
-                        problem = outcome.reason
-                        missing = missing or outcome.missing
+            if first is not None:  # already attempted once, above
+                retry, problem, missing, first = pending, first.reason, first.missing, None
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._publish_failure(subject, len(pending), problem)
+                attempt = min(remaining, _ATTEMPT_TIMEOUT)
+                for start in range(0, len(pending), _WINDOW):
+                    window = pending[start : start + _WINDOW]
+                    if len(window) == 1:
+                        outcomes = [await self._attempt(subject, window[0], attempt)]
+                    else:
+                        outcomes = await asyncio.gather(
+                            *(self._attempt(subject, item, attempt) for item in window)
+                        )
+                    for item, outcome in zip(window, outcomes, strict=True):
+                        if outcome is not None:
+                            retry.append(item)
+                            problem = outcome.reason
+                            missing = missing or outcome.missing
             pending = retry
             if not pending:
                 return

@@ -16,6 +16,7 @@ are removed on receipt.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ _CLIENT_NAMES = frozenset({"status", "description"})
 _HEADER_FRAME = 12
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat: the attributes on every message
 def _native_name(name: str) -> bool:
     lower = name.lower()
     return (
@@ -77,7 +79,8 @@ def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
     """Bytes the server counts against ``max_payload`` (header block + body)."""
     size = _HEADER_FRAME + len(payload)
     for name, value in headers.items():
-        size += len(name) + len(value.encode("utf-8", "surrogatepass")) + 4
+        encoded = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+        size += len(name) + encoded + 4
     return size
 
 
