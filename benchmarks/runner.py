@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import re
 import secrets
@@ -425,17 +426,7 @@ def merge_rounds(points: Sequence[Point]) -> list[Point]:
         key = (point.workload, repr(sorted(point.params.items())))
         into = merged.get(key)
         if into is None:
-            merged[key] = Point(
-                point.workload,
-                dict(point.params),
-                {name: list(values) for name, values in point.runs.items()},
-                list(point.cpu_s),
-                list(point.rss_mb),
-                point.curve_ms,
-                list(point.notes),
-                point.error,
-                list(point.other_load_pct),
-            )
+            merged[key] = copy.deepcopy(point)  # the first round is the accumulator
             continue
         for name, values in point.runs.items():
             into.runs.setdefault(name, []).extend(values)

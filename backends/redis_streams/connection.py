@@ -288,13 +288,13 @@ class Connection:
                 pause = min(pause * 2, 1.0)
 
     # -- commands ----------------------------------------------------------------
-    async def bounded(self, op: Awaitable[T], timeout: float | None = None) -> T:
-        """Await one redis-py call within ``timeout`` (default :attr:`reply_timeout`);
-        :class:`TimeoutError` (transient) after it. Every call the backend makes goes
+    async def bounded(self, op: Awaitable[T]) -> T:
+        """Await one redis-py call within :attr:`reply_timeout`; :class:`TimeoutError`
+        (transient) after it. Every call the backend makes goes
         through here, :meth:`pipeline` or :meth:`script`: the clients have no
         socket timeout of their own. A call cancelled mid-reply makes redis-py drop
         that connection, so no late reply is read by the next command."""
-        async with asyncio.timeout(timeout if timeout is not None else self.reply_timeout):
+        async with asyncio.timeout(self.reply_timeout):
             return await op
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -311,8 +311,7 @@ class Connection:
         A failed command's result is its exception (so one bad command does not hide
         the others' results); a lost connection or moved slot raises. The whole
         exchange is bounded by :attr:`reply_timeout` (:class:`TimeoutError`)."""
-        async with asyncio.timeout(self.reply_timeout):
-            return await self._pipeline(ops)
+        return await self.bounded(self._pipeline(ops))
 
     async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
         by_node: dict[int, tuple[aioredis.Redis, list[int]]] = {}
