@@ -95,8 +95,11 @@ class Delivery:
 
     async def ack(self) -> None:
         """Done: the message will not be delivered to this group again."""
-        if self._transition(_ACK):
+        if self._state is None:  # the common case, without a call to _transition
+            self._state = _ACK
             await self._sub.ack(self)
+        else:
+            self._transition(_ACK)  # a repeated ack is a no-op, a conflicting one raises
 
     async def nack(self, delay: float | None = None) -> None:
         """Deliver again, to any member, no earlier than ``delay`` seconds from now."""

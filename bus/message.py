@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from bus import codec
 
-__all__ = ["Message", "assemble"]
+__all__ = ["Message", "assemble", "deferred", "field_tuple"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,41 @@ _new = object.__new__
 ) = (getattr(Message, name).__set__ for name in Message.__slots__)  # fmt: skip
 
 
+def _fill(
+    m: Message,
+    id: str,
+    topic: str,
+    data: bytes,
+    type: str,
+    source: str,
+    time: dt.datetime,
+    content_type: str,
+    schema_version: str | None,
+    key: str | None,
+    headers: Mapping[str, str],
+    trace_parent: str | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    reply_to: str | None,
+    priority: int | None,
+) -> None:
+    _set_id(m, id)
+    _set_topic(m, topic)
+    _set_data(m, data)
+    _set_type(m, type)
+    _set_source(m, source)
+    _set_time(m, time)
+    _set_content_type(m, content_type)
+    _set_schema_version(m, schema_version)
+    _set_key(m, key)
+    _set_headers(m, headers)
+    _set_trace_parent(m, trace_parent)
+    _set_correlation_id(m, correlation_id)
+    _set_causation_id(m, causation_id)
+    _set_reply_to(m, reply_to)
+    _set_priority(m, priority)
+
+
 def assemble(
     id: str,
     topic: str,
@@ -105,19 +140,93 @@ def assemble(
     know every field. Nothing is validated (the constructor validates nothing either).
     """
     m = _new(Message)
-    _set_id(m, id)
+    _fill(
+        m, id, topic, data, type, source, time, content_type, schema_version, key, headers,
+        trace_parent, correlation_id, causation_id, reply_to, priority,
+    )  # fmt: skip
+    return m
+
+
+_FIELDS: tuple[str, ...] = Message.__slots__
+
+
+def field_tuple(message: Message) -> tuple[Any, ...]:
+    """Every field of ``message`` in declaration order (what :func:`assemble` takes)."""
+    return tuple(getattr(message, name) for name in _FIELDS)
+
+
+class _Deferred(Message):
+    """A delivered :class:`Message` whose attributes other than ``topic`` and ``data``
+    come from a plain message decoded on first access (see :func:`deferred`).
+
+    It behaves as that plain message: equal to it either way round, the same repr;
+    pickling, copying, :meth:`evolve` and ``dataclasses.replace`` give plain messages.
+    """
+
+    __slots__ = ("_decode", "_plain")
+    _decode: Callable[[], Message] | None
+    _plain: Message | None
+
+    def __new__(cls, **fields: Any) -> Message:  # type: ignore[misc]
+        # only reached through dataclasses.replace(): the copy is a plain message
+        return Message(**fields)
+
+    def _resolve(self) -> Message:
+        plain = self._plain
+        if plain is None:
+            decode = self._decode
+            assert decode is not None
+            plain = decode()
+            _set_plain(self, plain)
+            _set_decode(self, None)  # let go of the wire form
+        return plain
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Message):
+            return self._resolve() == (other._resolve() if isinstance(other, _Deferred) else other)
+        return NotImplemented
+
+    __hash__ = Message.__hash__
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (assemble, field_tuple(self._resolve()))
+
+    def evolve(self, **changes: Any) -> Message:
+        return replace(self._resolve(), **changes)
+
+
+def _deferred_attribute(name: str) -> property:
+    read = getattr(Message, name).__get__
+
+    def get(self: _Deferred) -> Any:
+        plain = self._plain
+        return read(plain if plain is not None else self._resolve())
+
+    return property(get, doc=f"``{name}``, decoded on first access")
+
+
+for _name in _FIELDS:
+    if _name not in ("topic", "data"):
+        setattr(_Deferred, _name, _deferred_attribute(_name))
+_set_decode = vars(_Deferred)["_decode"].__set__
+_set_plain = vars(_Deferred)["_plain"].__set__
+
+
+def deferred(topic: str, data: bytes, decode: Callable[[], Message]) -> Message:
+    """A :class:`Message` whose ``topic`` and ``data`` are set and whose other
+    attributes are read from ``decode()``, called once, on first access.
+
+    For backends' receive paths: a handler that reads only the payload never pays
+    for decoding the envelope (~3 us per message). ``decode`` returns the message
+    the backend would have built eagerly (same ``topic`` and ``data``) and must not
+    raise: a backend turns what it cannot decode into a message, as it does eagerly.
+    """
+    m = _new(_Deferred)
     _set_topic(m, topic)
     _set_data(m, data)
-    _set_type(m, type)
-    _set_source(m, source)
-    _set_time(m, time)
-    _set_content_type(m, content_type)
-    _set_schema_version(m, schema_version)
-    _set_key(m, key)
-    _set_headers(m, headers)
-    _set_trace_parent(m, trace_parent)
-    _set_correlation_id(m, correlation_id)
-    _set_causation_id(m, causation_id)
-    _set_reply_to(m, reply_to)
-    _set_priority(m, priority)
+    _set_decode(m, decode)
+    _set_plain(m, None)
     return m

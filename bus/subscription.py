@@ -87,6 +87,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
+        if self._buffer:
+            return self._buffer.popleft()
         delivery = await self._next(None)
         if delivery is None:
             raise StopAsyncIteration
@@ -95,6 +97,8 @@ class Subscription:
     async def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; :class:`TimeoutError` after ``timeout`` seconds,
         :class:`bus.BusClosed` once closed."""
+        if self._buffer:  # fetched earlier: no deadline, no backend call
+            return self._buffer.popleft()
         delivery = await self._next(timeout)
         if delivery is None:
             if self._closed:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import inspect
 import os
+import pickle
 import re
 
 import pytest
@@ -14,7 +16,7 @@ from pydantic import BaseModel
 import bus
 from bus import envelope
 from bus._ids import uuid7
-from bus.message import assemble
+from bus.message import assemble, deferred
 from bus.registry import resolve
 
 
@@ -178,6 +180,78 @@ def test_assemble_takes_the_fields_in_declaration_order() -> None:
     assert list(inspect.signature(assemble).parameters) == names
     values = [f"v-{name}" for name in names]
     assert dataclasses.astuple(assemble(*values)) == tuple(values)  # type: ignore[arg-type]
+
+
+def test_deferred_message_decodes_once_on_first_access_and_acts_as_plain() -> None:
+    plain = bus.Message(
+        id="m1", topic="t", data=b"payload", type="job", key="k", headers={"a": "b"}, priority=3
+    )
+    calls: list[int] = []
+
+    def decode() -> bus.Message:
+        calls.append(1)
+        return plain
+
+    lazy = deferred("t", b"payload", decode)
+    assert (lazy.topic, lazy.data, calls) == ("t", b"payload", [])  # no decoding yet
+    assert (lazy.id, lazy.type, lazy.key, lazy.priority) == ("m1", "job", "k", 3)
+    assert (dict(lazy.headers), lazy.time) == ({"a": "b"}, plain.time)
+    assert calls == [1]  # once, whatever is read next
+    assert isinstance(lazy, bus.Message)
+    assert lazy == plain
+    assert plain == lazy
+    assert (lazy != plain) is False
+    assert deferred("t", b"payload", lambda: plain) == lazy
+    assert lazy != plain.evolve(id="m2")
+    assert repr(lazy) == repr(plain)
+    assert lazy.decode(bytes) == b"payload"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lazy.id = "x"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        lazy.nothing  # type: ignore[attr-defined]  # noqa: B018
+    # copies are plain messages, equal to the original
+    for copied in (
+        pickle.loads(pickle.dumps(deferred("t", b"payload", decode))),
+        copy.copy(lazy),
+        copy.deepcopy(lazy),
+        lazy.evolve(),
+        dataclasses.replace(lazy),
+    ):
+        assert type(copied) is bus.Message
+        assert copied == plain
+    assert lazy.evolve(type="other").type == "other"
+    assert dataclasses.replace(lazy, key="k2").key == "k2"
+    assert dataclasses.asdict(lazy) == dataclasses.asdict(plain)
+
+
+def test_redis_entries_decode_lazily_in_any_field_order() -> None:
+    from backends.redis_streams.entries import from_fields, to_fields
+
+    sent = bus.Message(id="m1", topic="t", data=b"x", type="job", headers={"h": "v"})
+    flat = [f if isinstance(f, bytes) else f.encode() for f in to_fields(sent)]
+    assert flat[:2] == [b"bus-data", b"x"]  # the fast path relies on this order
+    message, prior = from_fields("t", "1-0", flat)
+    assert (message, prior) == (sent, 0)
+    # a redelivered copy carries bus-attempts last (the requeue script appends it)
+    message, prior = from_fields("t", "1-0", [*flat, b"bus-attempts", b"2"])
+    assert (message, prior) == (sent, 2)
+    # the same fields in another order, or as a mapping, decode to the same message
+    pairs = list(zip(flat[::2], flat[1::2], strict=True))
+    shuffled = [x for pair in [pairs[-1], (b"bus-attempts", b"4"), *pairs[:-1]] for x in pair]
+    assert from_fields("t", "1-0", shuffled) == (sent, 4)
+    assert from_fields("t", "1-0", dict(pairs)) == (sent, 0)
+    # a payload that looks like a field name is still the payload
+    tricky = [b"bus-data", b"bus-attempts", *flat[2:]]
+    message, prior = from_fields("t", "1-0", tricky)
+    assert (message.data, message.id, prior) == (b"bus-attempts", "m1", 0)
+    # a foreign entry (no ce-id) becomes a message of its own when first read
+    foreign, prior = from_fields("t", "7-0", [b"k", b"v"])
+    assert (foreign.id, foreign.data, dict(foreign.headers), prior) == (
+        "redis-7-0",
+        b"",
+        {"k": "v"},
+        0,
+    )
 
 
 def test_ids_stay_unique_across_seeded_random_and_fork() -> None:

@@ -69,6 +69,19 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def _as_read(response: Any, **_: Any) -> Any:
+    return [] if response is None else response  # None: a blocking read timed out
+
+
+def _own_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client as the backend uses it: commands packed by hiredis, and XREADGROUP
+    replies left as read (``[[stream, [[id, [field, value, ...]], ...]], ...]``):
+    the subscription decodes each entry in one pass of its own, so redis-py's
+    dict per entry would be a second one."""
+    client.set_response_callback("XREADGROUP", _as_read)
+    return use_hiredis_packing(client)
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A plain command for a pipeline; ``key`` routes it on a cluster (default: the
@@ -182,7 +195,7 @@ class Connection:
                     self._client = cluster
                     await cluster.initialize()
                 else:
-                    self._client = use_hiredis_packing(aioredis.Redis(**self._kwargs))
+                    self._client = _own_client(aioredis.Redis(**self._kwargs))
                 info = await self._client.info("server")
         except TimeoutError as exc:
             await self.close()
@@ -224,7 +237,7 @@ class Connection:
         found = self._nodes.get(node.name)
         if found is None:
             kwargs = {k: v for k, v in self._kwargs.items() if k not in ("host", "port")}
-            found = self._nodes[node.name] = use_hiredis_packing(
+            found = self._nodes[node.name] = _own_client(
                 aioredis.Redis(host=node.host, port=int(node.port), **kwargs)
             )
         return found

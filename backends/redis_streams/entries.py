@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from bus.envelope import SLOTS, attribute_slots, build, to_headers
 from bus.errors import DecodeError
-from bus.message import Message
+from bus.message import Message, deferred
 
 __all__ = ["ATTEMPTS", "DATA", "Fields", "from_fields", "to_fields"]
 
@@ -54,12 +54,34 @@ def _pairs(fields: Fields) -> Iterable[tuple[bytes, bytes]]:
 def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int]:
     """The message of an entry and the deliveries made before it (``bus-attempts``).
 
+    The payload and the attempt count are read at once; the other attributes are
+    decoded when the handler first reads one (:func:`bus.message.deferred`).
     An entry not written by this library (no ``ce-id``) still becomes a message, with
     the entry id as its id and its fields as headers, so a foreign entry cannot wedge
     a consumer.
     """
-    data = b""
+    if type(fields) is list and fields and fields[0] == _DATA:
+        # as this library writes entries: bus-data first, bus-attempts (if any) last
+        data = fields[1]
+        raw_prior = fields[-1] if fields[-2] == _ATTEMPTS else None
+        if raw_prior is None and _ATTEMPTS in fields:
+            fields = dict(_pairs(fields))  # moved by someone else: look it up
+            raw_prior = fields.get(_ATTEMPTS)
+    else:
+        if type(fields) is not dict:
+            fields = dict(_pairs(fields or ()))
+        data = fields.get(_DATA, b"")
+        raw_prior = fields.get(_ATTEMPTS)
     prior = 0
+    if raw_prior is not None:
+        try:
+            prior = int(raw_prior)
+        except ValueError:
+            prior = 0
+    return deferred(topic, data, lambda: _decode(topic, entry_id, data, fields)), prior
+
+
+def _decode(topic: str, entry_id: str, data: bytes, fields: Fields) -> Message:
     attrs: list[str | None] = [None] * SLOTS
     user: dict[str, str] = {}
     slots = _SLOTS
@@ -67,18 +89,11 @@ def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int
         slot = slots.get(name)
         if slot is not None:
             attrs[slot] = value.decode("utf-8", "replace")
-        elif name == _DATA:
-            data = value
-        elif name == _ATTEMPTS:
-            try:
-                prior = int(value)
-            except ValueError:
-                prior = 0
-        elif not name.startswith(_PREFIX):
+        elif not name.startswith(_PREFIX) and name != _DATA and name != _ATTEMPTS:
             user[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
     try:
-        return build(topic, data, attrs, user, PREFIX), prior
+        return build(topic, data, attrs, user, PREFIX)
     except DecodeError:
         log.warning("entry %s of %r is not a bus message; delivering it as is", entry_id, topic)
         foreign = {k: v for k, v in user.items() if not k.lower().startswith(("ce-", "bus-"))}
-        return Message(id=f"redis-{entry_id}", topic=topic, data=data, headers=foreign), prior
+        return Message(id=f"redis-{entry_id}", topic=topic, data=data, headers=foreign)

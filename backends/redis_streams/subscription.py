@@ -120,10 +120,12 @@ class _Base(BackendSubscription):
                 await read
 
     def _take(self, max_messages: int) -> list[Delivery]:
-        out: list[Delivery] = []
-        while self._overflow and len(out) < max_messages:
-            out.append(self._overflow.popleft())
-        return out
+        overflow = self._overflow
+        if len(overflow) <= max_messages:  # the usual case: hand over the whole read
+            out = list(overflow)
+            overflow.clear()
+            return out
+        return [overflow.popleft() for _ in range(max_messages)]
 
     def _room(self, max_messages: int) -> int:
         return min(max_messages, self.prefetch - len(self._unsettled))
@@ -235,6 +237,8 @@ class GroupSubscription(_Base):
         self._acks: dict[str, list[str]] = {}
         self._touches: dict[str, list[str]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        #: settlements wait up to ack_flush_interval to go out with the next read
+        self._coalesce = opts.ack_flush_interval > 0
         self._flush_task: asyncio.Task[None] | None = None
         self._sending: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
 
@@ -380,13 +384,24 @@ class GroupSubscription(_Base):
         then highest priority first)."""
         if not result:
             return []
-        order = {key: n for n, key in enumerate(streams)}
-        rows: list[tuple[str, str, Fields, int]] = []
         streams_read: list[Any] = list(result)
-        for raw_key, items in sorted(streams_read, key=lambda r: order.get(_s(r[0]), 0)):
+        if len(streams_read) > 1:
+            order = {key: n for n, key in enumerate(streams)}
+            streams_read.sort(key=lambda r: order.get(_s(r[0]), 0))
+        # _deliveries inlined: this loop runs once per entry read
+        out: list[Delivery] = []
+        unsettled, topic = self._unsettled, self.topic
+        for raw_key, items in streams_read:
             key = _s(raw_key)
-            rows.extend((key, _s(eid), fields, 1) for eid, fields in items)
-        return self._deliveries(rows)
+            for raw_id, fields in items:
+                handle = (key, raw_id.decode() if type(raw_id) is bytes else raw_id)
+                if handle in unsettled:
+                    continue  # still held here (re-read after a reconnect)
+                message, prior = from_fields(topic, handle[1], fields)
+                delivery = Delivery(self, message, prior + 1, handle)
+                unsettled[handle] = delivery
+                out.append(delivery)
+        return out
 
     async def _block(self, room: int, block_ms: int) -> list[Delivery] | None:
         streams = list(self._streams)
@@ -471,14 +486,20 @@ class GroupSubscription(_Base):
         await self._conn.retrying(lambda: self._conn.pipeline(ops), what)
 
     async def ack(self, delivery: Delivery) -> None:
-        key, entry_id = delivery.handle
-        self._unsettled.pop(delivery.handle, None)
+        handle = delivery.handle
+        self._unsettled.pop(handle, None)
         self._settled.set()
-        if self.backend.options.ack_flush_interval == 0 or self._closed:
-            await self._send_now([Command(("XACK", key, self.group_name, entry_id))], "ack")
+        key, entry_id = handle
+        if self._coalesce and not self._closed:
+            acks = self._acks.get(key)
+            if acks is None:
+                self._acks[key] = [entry_id]
+            else:
+                acks.append(entry_id)
+            if self._flush_timer is None:
+                self._schedule_flush()
             return
-        self._acks.setdefault(key, []).append(entry_id)
-        self._schedule_flush()
+        await self._send_now([Command(("XACK", key, self.group_name, entry_id))], "ack")
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         key, entry_id = delivery.handle
@@ -500,7 +521,7 @@ class GroupSubscription(_Base):
         if delivery.handle not in self._unsettled:
             return
         key, entry_id = delivery.handle
-        if self.backend.options.ack_flush_interval == 0 or self._closed:
+        if not self._coalesce or self._closed:
             call = ScriptCall(
                 SCRIPTS.touch, [self.keys.base], [self.group_name, self.consumer, key, entry_id]
             )
