@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from bus import codec
 from bus.envelope import from_headers, to_headers
 from bus.errors import DecodeError
-from bus.message import Message
+from bus.message import Message, deferred
 
 __all__ = [
     "ATTEMPT",
@@ -67,9 +67,10 @@ def to_message(
     key: bytes | None,
     value: bytes | None,
     timestamp_ms: int,
-    headers: Mapping[str, str],
+    headers: Sequence[tuple[str, bytes | None]],
 ) -> Message:
-    """Rebuild the :class:`Message` of a record.
+    """The :class:`Message` of a record; its attributes other than topic and data are
+    decoded on first access (:func:`bus.message.deferred`).
 
     A record without ``ce_id`` (written by a non-CloudEvents producer), or with a
     malformed attribute, still becomes a message - id ``kafka:<topic>/<partition>/<offset>``
@@ -78,6 +79,21 @@ def to_message(
     partition.
     """
     data = value or b""
+    return deferred(
+        topic, data, lambda: _decode(topic, partition, offset, key, data, timestamp_ms, headers)
+    )
+
+
+def _decode(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    data: bytes,
+    timestamp_ms: int,
+    raw: Sequence[tuple[str, bytes | None]],
+) -> Message:
+    headers = decode_headers(raw)
     try:
         return from_headers(topic, data, headers, PREFIX, skip=_INTERNAL)
     except DecodeError:

@@ -53,7 +53,7 @@ from bus.errors import BusError
 from bus.message import Message
 
 from .backend import Outgoing, group_id
-from .records import ATTEMPT, GROUP, NOT_BEFORE, RecordHeaders, decode_headers, to_message
+from .records import ATTEMPT, GROUP, NOT_BEFORE, to_message
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -82,7 +82,8 @@ class Pending:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: RecordHeaders
+    headers: Sequence[tuple[str, bytes]]
+    """As pulled (a redelivery copy carries them on)."""
     message: Message
     attempt: int
     """Attempt number of the next delivery."""
@@ -167,9 +168,13 @@ class _KafkaSubscription(BackendSubscription):
         """Note that ``offset`` was pulled; False to ignore the record (stale)."""
         raise NotImplementedError
 
-    def _keep(self, tp: TopicPartition, offset: int, headers: Mapping[str, str]) -> bool:
-        """Whether a pulled record is for this consumer (else it counts as settled)."""
+    def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
+        """Whether a pulled record is for this consumer (else it counts as settled);
+        ``group`` is its ``bus-group`` header (redelivery copies are for one group)."""
         raise NotImplementedError
+
+    def _pulled(self, tp: TopicPartition) -> None:
+        """Records of ``tp`` were pulled (after :meth:`_track` of each)."""
 
     def _add(self, record: Pending) -> None:
         """Register a record as pending."""
@@ -225,44 +230,42 @@ class _KafkaSubscription(BackendSubscription):
         return ()
 
     def _ingest(self, records: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        # runs once per pulled record: the bookkeeping headers are looked up in the
+        # raw header list, the message itself is decoded when the handler reads it
         now = time.time()
+        ready, add, track, keep = self._ready, self._add, self._track, self._keep
         for tp, batch in records.items():
             if not self._accepts(tp):
                 continue
+            topic, partition = tp.topic, tp.partition
             for rec in batch:
-                if not self._track(tp, rec.offset):
+                offset = rec.offset
+                if not track(tp, offset):
                     continue
-                headers = decode_headers(rec.headers)
-                if not self._keep(tp, rec.offset, headers):
+                raw = rec.headers or ()
+                found = dict(raw) if raw else {}
+                target = found.get(GROUP)
+                if not keep(
+                    tp, offset, None if target is None else target.decode("utf-8", "replace")
+                ):
                     continue
-                try:
-                    attempt = max(1, int(headers.get(ATTEMPT) or 1))
-                except ValueError:
-                    attempt = 1
                 pending = Pending(
-                    tp=tp,
-                    offset=rec.offset,
-                    key=rec.key,
-                    value=rec.value,
-                    headers=list(rec.headers or ()),
-                    message=to_message(
-                        tp.topic,
-                        tp.partition,
-                        rec.offset,
-                        rec.key,
-                        rec.value,
-                        rec.timestamp,
-                        headers,
-                    ),
-                    attempt=attempt,
+                    tp,
+                    offset,
+                    rec.key,
+                    rec.value,
+                    raw,
+                    to_message(topic, partition, offset, rec.key, rec.value, rec.timestamp, raw),
+                    _attempt(found.get(ATTEMPT)),
                 )
-                self._add(pending)
-                due = _not_before(headers)
+                add(pending)
+                due = _not_before(found.get(NOT_BEFORE))
                 if due > now:
                     pending.due = due
                     heapq.heappush(self._held, (due, next(self._seq), pending))
                 else:
-                    self._ready.append(pending)
+                    ready.append(pending)
+            self._pulled(tp)
 
     def _release_due(self) -> None:
         now = time.time()
@@ -430,8 +433,8 @@ class BroadcastSubscription(_KafkaSubscription):
     def _track(self, tp: TopicPartition, offset: int) -> bool:
         return offset >= self._start.get(tp, 0)
 
-    def _keep(self, tp: TopicPartition, offset: int, headers: Mapping[str, str]) -> bool:
-        return GROUP not in headers  # redelivery copies are for their group only
+    def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
+        return group is None  # redelivery copies are for their group only
 
     def _reset_partition(self, tp: TopicPartition) -> None:
         self._start[tp] = 0
@@ -641,12 +644,13 @@ class GroupSubscription(_KafkaSubscription):
         if state.next is not None and offset < state.next:
             return False  # pulled before a rebalance gave the partition back to us
         state.next = offset + 1
-        self._mark(tp)
         return True
 
-    def _keep(self, tp: TopicPartition, offset: int, headers: Mapping[str, str]) -> bool:
-        target = headers.get(GROUP)
-        return target is None or target == self.group
+    def _pulled(self, tp: TopicPartition) -> None:
+        self._mark(tp)  # the commit point may have moved
+
+    def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
+        return group is None or group == self.group
 
     def _add(self, record: Pending) -> None:
         self._states[record.tp].pending[record.offset] = record
@@ -770,11 +774,21 @@ class GroupSubscription(_KafkaSubscription):
             await self.backend.leave_group(node, self.group_id, member)
 
 
-def _not_before(headers: Mapping[str, str]) -> float:
-    raw = headers.get(NOT_BEFORE)
+def _not_before(raw: bytes | None) -> float:
+    """Unix time of a ``bus-not-before`` header value (ms); 0.0 when absent or bad."""
     if not raw:
         return 0.0
     try:
         return int(raw) / 1000
     except ValueError:
         return 0.0
+
+
+def _attempt(raw: bytes | None) -> int:
+    """The attempt number of a ``bus-attempt`` header value (absent or bad: 1)."""
+    if not raw:
+        return 1
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        return 1
