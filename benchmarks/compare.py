@@ -7,11 +7,30 @@ a section listing the share that reproduced and the figures that moved most.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from benchmarks.results import Results
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "chance_share", "compare"]
+
+
+def chance_share(runs: int, trials: int = 20_000) -> float:
+    """The share of figures that reproduce under this module's criterion when two runs
+    of ``runs`` measurements each differ only at random (same distribution,
+    independent draws): the ceiling a perfectly steady machine would reach. The
+    criterion only compares values, so any continuous distribution gives the same.
+    Seeded: the same answer every time."""
+    rng = random.Random(runs)
+    hits = 0
+    for _ in range(trials):
+        a = [rng.random() for _ in range(runs)]
+        b = [rng.random() for _ in range(runs)]
+        ma, mb = statistics.median(a), statistics.median(b)
+        hits += min(a) <= mb <= max(a) or min(b) <= ma <= max(b)
+    return hits / trials
 
 
 @dataclass
@@ -33,6 +52,10 @@ class Delta:
 class Comparison:
     previous: str
     deltas: list[Delta]
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)
+    """(workload profile, previous winner, this run's winner) of the decision table."""
+    runs: int = 0
+    """Measured runs per figure (the median over figures) in this run."""
 
     @property
     def reproduced(self) -> int:
@@ -46,6 +69,26 @@ class Comparison:
         lines = [
             f"Compared with `{self.previous}`: {self.reproduced} of {n} figures ({share:.0f}%) "
             "reproduced (each median inside the other run's min-max).",
+        ]
+        if self.runs > 1:
+            lines.append(
+                f"With {self.runs} measured runs per figure, two runs whose figures differ "
+                f"only at random reproduce about {100 * chance_share(self.runs):.0f}% of "
+                "them under this criterion: that is the ceiling, not 100%."
+            )
+        if self.decisions:
+            same = sum(old == new for _, old, new in self.decisions)
+            lines += [
+                "",
+                f"Winners of the decision table: {same} of {len(self.decisions)} the same.",
+                "",
+                "| workload profile | previous winner | this run's winner |",
+                "|---|---|---|",
+                *(f"| {p} | {old} | {new} |" for p, old, new in self.decisions),
+            ]
+        lines += [
+            "",
+            "Figures that moved most:",
             "",
             "| target | workload | parameters | metric | previous | this run | change | within |",
             "|---|---|---|---|---|---|---|---|",
@@ -71,8 +114,15 @@ _HEADLINE = {
 }
 
 
-def compare(previous: Results, current: Results, previous_name: str = "previous") -> Comparison:
-    """Headline figures present in both results, and whether each reproduced."""
+def compare(
+    previous: Results,
+    current: Results,
+    previous_name: str = "previous",
+    decisions: Sequence[tuple[str, str, str]] = (),
+) -> Comparison:
+    """Headline figures present in both results, and whether each reproduced;
+    ``decisions`` (workload profile, previous winner, current winner) are carried
+    into the comparison as given."""
     index = {
         (p.target, p.workload, repr(sorted(p.params.items()))): p
         for p in previous.points
@@ -95,4 +145,6 @@ def compare(previous: Results, current: Results, previous_name: str = "previous"
                 f"{k}={v}" for k, v in p.params.items() if k in ("rate", "consumers", "size")
             )
             deltas.append(Delta(p.target, p.workload, params, metric, o.median, s.median, within))
-    return Comparison(previous_name, deltas)
+    counts = [len(s.runs) for p in current.points if p.error is None for s in p.metrics.values()]
+    runs = int(statistics.median(counts)) if counts else 0
+    return Comparison(previous_name, deltas, list(decisions), runs)

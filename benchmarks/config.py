@@ -163,10 +163,11 @@ class BenchConfig(_Model):
     warmup_runs: int = pydantic.Field(default=1, ge=0)
     """Discarded runs before the measured ones, in every round."""
     rounds: int = pydantic.Field(default=1, ge=1)
-    """Passes through each backend's workloads; the measured runs of every figure are
-    split over them (4 runs in 2 rounds: 2 + 2). Back-to-back runs share the
-    machine's state of that minute; runs minutes apart also show its drift, so a
-    figure's spread is what a rerun can expect."""
+    """Passes through every backend's workloads (round 1 of all backends, then round
+    2, ...); the measured runs of every figure are split over them (6 runs in 2
+    rounds: 3 + 3). Back-to-back runs share the machine's state of that minute; runs
+    minutes apart also show its drift, so a figure's spread is what a rerun can
+    expect."""
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
@@ -195,22 +196,25 @@ class BenchConfig(_Model):
 def _quick() -> BenchConfig:
     return BenchConfig(
         profile="quick",
-        runs=4,
+        # Six measured runs per figure (three per round): with min-max spreads, two
+        # runs of n measurements that differ only at random reproduce ~90 % of their
+        # figures for n = 4 and ~98 % for n = 6 (benchmarks.compare.chance_share).
+        runs=6,
         rounds=2,
         warmup_runs=1,
-        confirmed_publish=ConfirmedPublish(count=500),
-        batched_publish=BatchedPublish(count=4000, batch=100),
-        consume_ack=ConsumeAck(count=4000),
-        latency=Latency(rates=[500, 2000], duration_s=1.25, warmup_s=0.3, runs=3),
+        confirmed_publish=ConfirmedPublish(count=350),
+        batched_publish=BatchedPublish(count=2700, batch=100),
+        consume_ack=ConsumeAck(count=2700),
+        latency=Latency(rates=[500, 2000], duration_s=1.0, warmup_s=0.25, runs=4),
         # Sized so that `bus bench --all --profile quick` stays under 10 minutes on
         # a 2-core machine: RabbitMQ (quorum queues, ~4k msg/s here, fsync-bound and
-        # variable) and Kafka's group joins (~3 s each) set the pace. With two rounds
-        # the larger counts of a single round (consume 5000, scaling 2000) took 625 s.
-        fanout=FanOut(groups=3, count=1000),
-        scaling=Scaling(consumers=[1, 2, 4], count=1500),
-        sizes=Sizes(sizes=[128, 1024, 65536], count=1200, bytes_budget=16 * 1024 * 1024),
-        job_roundtrip=JobRoundTrip(count=1200),
-        rpc=Rpc(count=150),
+        # variable) and Kafka's group joins (~3 s each) set the pace. The counts are
+        # two thirds of those of four runs per figure (consume 4000, scaling 1500).
+        fanout=FanOut(groups=3, count=700),
+        scaling=Scaling(consumers=[1, 2, 4], count=1000),
+        sizes=Sizes(sizes=[128, 1024, 65536], count=800, bytes_budget=16 * 1024 * 1024),
+        job_roundtrip=JobRoundTrip(count=800),
+        rpc=Rpc(count=100),
     )
 
 

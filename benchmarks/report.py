@@ -276,6 +276,11 @@ def decision_rows(
     return rows
 
 
+def _winner(cell: str) -> str:
+    """The broker of a decision table's winner cell (``**Redis Streams** (raw client)``)."""
+    return cell.replace("**", "")
+
+
 # -- charts ---------------------------------------------------------------------------
 
 
@@ -857,8 +862,8 @@ def _settings_section(results: Results) -> str:
         "and raw client run back to back for each workload."
         + (
             f" The measured runs are split over {cfg.get('rounds')} rounds (passes through "
-            "all of a backend's workloads, each with its warm-up), so a figure's spread "
-            "also holds the machine's drift over minutes."
+            "every backend's workloads, each with its warm-up, minutes apart), so a "
+            "figure's spread also holds the machine's drift over the run."
             if (cfg.get("rounds") or 1) > 1
             else ""
         ),
@@ -1119,7 +1124,14 @@ def write_report(
     if previous is not None:
         from benchmarks.compare import compare
 
-        comparison = compare(Results.read(previous), results, str(previous)).markdown()
+        before = Results.read(previous)
+        rows = zip(
+            decision_rows(before, conformance), decision_rows(results, conformance), strict=True
+        )
+        decisions = [
+            (old[0], _winner(old[2]), _winner(new[2])) for old, new in rows if old[0] == new[0]
+        ]
+        comparison = compare(before, results, str(previous), decisions).markdown()
     path = out_dir / "report.md"
     path.write_text(render_markdown(results, conformance, charts, comparison))
     return path

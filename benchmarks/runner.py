@@ -3,7 +3,9 @@
 Targets come in pairs per broker: the library (``bus``) and the broker's raw client
 (``raw``), on the same URL with the same settings. To keep the library/raw ratio
 fair on a noisy shared machine, the two sides of a pair run back to back for each
-workload (raw, then bus) instead of one whole side after the other.
+workload (raw, then bus) instead of one whole side after the other. With several
+rounds, every backend is connected first and the rounds are the outer loop (see
+:func:`run_benchmarks`).
 """
 
 from __future__ import annotations
@@ -215,7 +217,6 @@ class _Side:
     factory: Callable[[], Driver]
     target: TargetResult
     driver: Driver | None = None
-    started: float = 0.0
 
 
 def _headline(points: Sequence[Point]) -> str:
@@ -259,14 +260,22 @@ async def _cleanup(
         progress.note(f"cleanup on {backend}/{side.side} failed: {type(exc).__name__}: {exc}")
 
 
-async def _run_backend(
-    plan: BackendPlan,
-    config: BenchConfig,
-    run_id: str,
-    progress: Progress,
-    targets: list[TargetResult],
-    points: list[PointResult],
-) -> None:
+@dataclass
+class _Backend:
+    """One backend's sides (library and raw client) across the rounds of a run."""
+
+    plan: BackendPlan
+    sides: list[_Side]
+    proc: Any
+    purger: Driver | None
+    collected: dict[str, list[Point]] = field(default_factory=dict)
+    carry: dict[str, dict[Any, Any]] = field(default_factory=dict)
+
+
+async def _open_backend(
+    plan: BackendPlan, config: BenchConfig, progress: Progress, targets: list[TargetResult]
+) -> _Backend | None:
+    """Connect both sides of ``plan`` (None when the backend is not measured)."""
     from bus import redact_url
 
     sides: list[_Side] = []
@@ -306,7 +315,7 @@ async def _run_backend(
             side.target.reason = plan.reason
         progress.done += len(sides) * sum(len(c.workloads) for c in round_configs(config))
         progress.note(f"{plan.backend}: not measured: {plan.reason.splitlines()[0]}")
-        return
+        return None
 
     port = plan.local_port
     proc = find_listener(port) if port else None
@@ -317,7 +326,6 @@ async def _run_backend(
         broker.update(_broker_info_from_process(proc))
 
     for side in sides:
-        side.started = time.monotonic()
         driver = side.factory()
         try:
             async with asyncio.timeout(60):
@@ -338,54 +346,74 @@ async def _run_backend(
         side.target.broker = broker
 
     purger = next((s.driver for s in sides if s.side == "raw" and s.driver is not None), None)
-    collected: dict[str, list[Point]] = {side.target.id: [] for side in sides}
-    carry: dict[str, dict[Any, Any]] = {side.target.id: {} for side in sides}
-    rounds = round_configs(config)
-    try:
-        for round_index, round_config in enumerate(rounds):
-            for workload in round_config.workloads:
-                for side in sides:
-                    label = f"{side.target.id:<14} {workload}"
-                    if len(rounds) > 1:
-                        label += f" (round {round_index + 1}/{len(rounds)})"
-                    progress.start(label)
-                    if side.driver is None:
-                        progress.finish(f"skipped ({side.target.reason[:80]})")
-                        continue
-                    if workload == "rpc" and side.side == "raw":
-                        progress.finish("n/a (library only)")
-                        continue
-                    ctx = Context(
-                        round_config,
-                        side.driver,
-                        side.factory,
-                        run_id=run_id,
-                        broker_proc=proc,
-                        progress=progress,
-                        round_index=round_index,
-                        carry=carry[side.target.id],
-                    )
-                    func = WORKLOAD_FUNCS[workload]
-                    try:
-                        async with asyncio.timeout(config.workload_timeout_s * 2):
-                            result = await func(ctx)
-                    except Exception as exc:
-                        message = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                        result = [Point(workload, {}, error=message)]
-                    finally:
-                        await ctx.aclose()
-                        await _cleanup(ctx, side, purger, plan.backend, progress)
-                    collected[side.target.id].extend(result)
-                    progress.finish(_headline(result))
-    finally:
-        for side in sides:
-            for point in merge_rounds(collected[side.target.id]):
-                points.append(_summarize(point, side.target))
-            if side.driver is not None:
-                side.target.settings = side.driver.settings()
-                with contextlib.suppress(Exception):
-                    await side.driver.close()
-            side.target.duration_s = round(time.monotonic() - side.started, 1)
+    return _Backend(
+        plan,
+        sides,
+        proc,
+        purger,
+        collected={side.target.id: [] for side in sides},
+        carry={side.target.id: {} for side in sides},
+    )
+
+
+async def _run_round(
+    b: _Backend,
+    round_config: BenchConfig,
+    round_index: int,
+    rounds: int,
+    run_id: str,
+    progress: Progress,
+) -> None:
+    """One pass through the round's workloads, both sides of each in turn."""
+    started = time.monotonic()
+    for workload in round_config.workloads:
+        for side in b.sides:
+            label = f"{side.target.id:<14} {workload}"
+            if rounds > 1:
+                label += f" (round {round_index + 1}/{rounds})"
+            progress.start(label)
+            if side.driver is None:
+                progress.finish(f"skipped ({side.target.reason[:80]})")
+                continue
+            if workload == "rpc" and side.side == "raw":
+                progress.finish("n/a (library only)")
+                continue
+            ctx = Context(
+                round_config,
+                side.driver,
+                side.factory,
+                run_id=run_id,
+                broker_proc=b.proc,
+                progress=progress,
+                round_index=round_index,
+                carry=b.carry[side.target.id],
+            )
+            func = WORKLOAD_FUNCS[workload]
+            try:
+                async with asyncio.timeout(round_config.workload_timeout_s * 2):
+                    result = await func(ctx)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                result = [Point(workload, {}, error=message)]
+            finally:
+                await ctx.aclose()
+                await _cleanup(ctx, side, b.purger, b.plan.backend, progress)
+            b.collected[side.target.id].extend(result)
+            progress.finish(_headline(result))
+    spent = time.monotonic() - started
+    for side in b.sides:
+        side.target.duration_s = round(side.target.duration_s + spent, 1)
+
+
+async def _close_backend(b: _Backend, points: list[PointResult]) -> None:
+    """Merge each side's rounds into its figures and disconnect."""
+    for side in b.sides:
+        for point in merge_rounds(b.collected[side.target.id]):
+            points.append(_summarize(point, side.target))
+        if side.driver is not None:
+            side.target.settings = side.driver.settings()
+            with contextlib.suppress(Exception):
+                await side.driver.close()
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -538,8 +566,22 @@ async def run_benchmarks(
     run_id = secrets.token_hex(3)
     targets: list[TargetResult] = []
     points: list[PointResult] = []
-    for plan in plans:
-        await _run_backend(plan, config, run_id, progress, targets, points)
+    # Rounds are the outer loop: a figure's runs are split over passes through every
+    # backend, minutes apart, so its spread holds the machine's drift over the whole
+    # run (a broker's speed moves between minutes; back-to-back runs hide that).
+    backends: list[_Backend] = []
+    try:
+        for plan in plans:
+            opened = await _open_backend(plan, config, progress, targets)
+            if opened is not None:
+                backends.append(opened)
+        rounds = round_configs(config)
+        for round_index, round_config in enumerate(rounds):
+            for b in backends:
+                await _run_round(b, round_config, round_index, len(rounds), run_id, progress)
+    finally:
+        for b in backends:
+            await _close_backend(b, points)
     environment["load_average_end"] = load_average()
     return Results(
         profile=config.profile,

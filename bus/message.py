@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from bus import codec
 
-__all__ = ["Message", "assemble", "deferred", "field_tuple"]
+__all__ = ["Message", "assemble", "deferred"]
 
 T = TypeVar("T")
 
@@ -82,41 +82,6 @@ _new = object.__new__
 ) = (getattr(Message, name).__set__ for name in Message.__slots__)  # fmt: skip
 
 
-def _fill(
-    m: Message,
-    id: str,
-    topic: str,
-    data: bytes,
-    type: str,
-    source: str,
-    time: dt.datetime,
-    content_type: str,
-    schema_version: str | None,
-    key: str | None,
-    headers: Mapping[str, str],
-    trace_parent: str | None,
-    correlation_id: str | None,
-    causation_id: str | None,
-    reply_to: str | None,
-    priority: int | None,
-) -> None:
-    _set_id(m, id)
-    _set_topic(m, topic)
-    _set_data(m, data)
-    _set_type(m, type)
-    _set_source(m, source)
-    _set_time(m, time)
-    _set_content_type(m, content_type)
-    _set_schema_version(m, schema_version)
-    _set_key(m, key)
-    _set_headers(m, headers)
-    _set_trace_parent(m, trace_parent)
-    _set_correlation_id(m, correlation_id)
-    _set_causation_id(m, causation_id)
-    _set_reply_to(m, reply_to)
-    _set_priority(m, priority)
-
-
 def assemble(
     id: str,
     topic: str,
@@ -140,18 +105,28 @@ def assemble(
     know every field. Nothing is validated (the constructor validates nothing either).
     """
     m = _new(Message)
-    _fill(
-        m, id, topic, data, type, source, time, content_type, schema_version, key, headers,
-        trace_parent, correlation_id, causation_id, reply_to, priority,
-    )  # fmt: skip
+    _set_id(m, id)
+    _set_topic(m, topic)
+    _set_data(m, data)
+    _set_type(m, type)
+    _set_source(m, source)
+    _set_time(m, time)
+    _set_content_type(m, content_type)
+    _set_schema_version(m, schema_version)
+    _set_key(m, key)
+    _set_headers(m, headers)
+    _set_trace_parent(m, trace_parent)
+    _set_correlation_id(m, correlation_id)
+    _set_causation_id(m, causation_id)
+    _set_reply_to(m, reply_to)
+    _set_priority(m, priority)
     return m
 
 
 _FIELDS: tuple[str, ...] = Message.__slots__
 
 
-def field_tuple(message: Message) -> tuple[Any, ...]:
-    """Every field of ``message`` in declaration order (what :func:`assemble` takes)."""
+def _field_tuple(message: Message) -> tuple[Any, ...]:
     return tuple(getattr(message, name) for name in _FIELDS)
 
 
@@ -192,7 +167,7 @@ class _Deferred(Message):
         return repr(self._resolve())
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (assemble, field_tuple(self._resolve()))
+        return (assemble, _field_tuple(self._resolve()))
 
     def evolve(self, **changes: Any) -> Message:
         return replace(self._resolve(), **changes)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
+from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile
 from benchmarks.results import PointResult, Results
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
@@ -85,6 +86,53 @@ def test_ratio_uses_medians_and_spread_bounds() -> None:
     assert ratio.target == 0.7
     assert ratio.meets is True
     assert ratio.verdict == "meets"  # the IQR range (0.73-0.87) clears 0.7
+
+
+def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None:
+    def results(consume: list[float], publish: list[float]) -> Results:
+        def point(workload: str, values: list[float]) -> PointResult:
+            return PointResult(
+                target="redis/bus",
+                backend="redis",
+                side="bus",
+                workload=workload,
+                params={"size": 1024},
+                metrics={"msg_s": summarize(values)},
+            )
+
+        return Results(
+            profile="quick",
+            command=["bus", "bench"],
+            started="2026-11-30T00:00:00+00:00",
+            duration_s=1.0,
+            config={},
+            environment={},
+            targets=[],
+            points=[point("consume_ack", consume), point("batched_publish", publish)],
+        )
+
+    before = results([90, 100, 110], [1000, 1100, 1200])
+    after = results([95, 108, 125], [1500, 1600, 1700])  # consume overlaps, publish not
+    decisions = [("Job queue", "Redis Streams", "Redis Streams"), ("RPC", "NATS", "Redis")]
+    comparison = compare(before, after, "before.json", decisions)
+    assert [(d.workload, d.within) for d in comparison.deltas] == [
+        ("consume_ack", True),
+        ("batched_publish", False),
+    ]
+    assert (comparison.reproduced, comparison.runs) == (1, 3)
+    text = comparison.markdown()
+    assert "1 of 2 figures (50%) reproduced" in text
+    assert "Winners of the decision table: 1 of 2 the same." in text
+    assert f"about {100 * chance_share(3):.0f}%" in text
+
+
+def test_chance_share_is_the_ceiling_of_random_variation() -> None:
+    # rank-based criterion: known values for a few run counts, and it only grows
+    shares = [chance_share(n) for n in (2, 3, 4, 6)]
+    assert shares == sorted(shares)
+    assert shares[1] == pytest.approx(0.80, abs=0.02)
+    assert shares[2] == pytest.approx(0.90, abs=0.02)
+    assert shares[3] == pytest.approx(0.98, abs=0.01)
 
 
 @pytest.mark.broker("redis")
