@@ -136,6 +136,32 @@ def test_chance_share_is_the_ceiling_of_random_variation() -> None:
 
 
 @pytest.mark.broker("redis")
+async def test_envelope_cost_compares_bare_enveloped_and_library(redis_broker: Broker) -> None:
+    from benchmarks.drivers.raw_redis import RedisRawDriver
+    from benchmarks.envelope import SIDES, envelope_cost, markdown
+
+    # the enveloped raw side writes exactly the fields the library writes
+    driver = RedisRawDriver("redis", redis_broker.url, enveloped=True)
+    await driver.open()
+    try:
+        await driver.publish("env.check", b"payload")
+        ((_, fields),) = await driver.r.xrange(driver.key("env.check"))
+        assert fields[b"bus-data"] == b"payload"
+        assert {b"ce-id", b"ce-source", b"ce-time", b"content-type"} <= set(fields)
+    finally:
+        await driver.cleanup(["env.check"], [])
+        await driver.close()
+
+    rows = await envelope_cost("redis", redis_broker.url, rounds=2, confirmed=5, batches=2, batch=5)
+    assert [r.workload for r in rows] == ["confirmed", "batched"]
+    for row in rows:
+        assert all(len(row.runs[side]) == 2 and min(row.runs[side]) > 0 for side in SIDES)
+    table = markdown(rows)
+    assert table.count("| redis |") == 2
+    assert "bus / raw+envelope" in table
+
+
+@pytest.mark.broker("redis")
 def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     argv = ["memory://", redis_broker.url, "--profile", "quick", "--out", str(out), "--quiet"]

@@ -14,10 +14,20 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-__all__ = ["Consumer", "Driver", "OnMessage", "Side"]
+__all__ = ["Consumer", "Driver", "OnMessage", "Side", "envelope_message"]
 
 Side = Literal["bus", "raw"]
 OnMessage = Callable[[bytes], None]
+
+
+def envelope_message(topic: str, payload: bytes) -> Any:
+    """The :class:`bus.Message` the library would publish for ``payload`` (fresh id and
+    time): raw drivers built with ``enveloped=True`` send its headers, encoded by the
+    library's own encoders, so only the library's code path differs from theirs."""
+    from bus import Message
+    from bus._ids import uuid7
+
+    return Message(id=uuid7(), topic=topic, data=payload, source="bench")
 
 
 class Consumer(abc.ABC):

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from backends.kafka.records import encode_headers
 from benchmarks.config import Kafka
-from benchmarks.drivers.base import Consumer, Driver, OnMessage
+from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message
 
 __all__ = ["KafkaRawDriver", "bootstrap"]
 
@@ -86,9 +87,11 @@ class KafkaRawDriver(Driver):
     side = "raw"
     cheap_join = False
 
-    def __init__(self, backend: str, url: str, cfg: Kafka) -> None:
+    def __init__(self, backend: str, url: str, cfg: Kafka, *, enveloped: bool = False) -> None:
         super().__init__(backend, url)
         self.cfg = cfg
+        #: publish the library's CloudEvents headers with each payload (envelope cost)
+        self.enveloped = enveloped
         self.servers = bootstrap(url)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -124,14 +127,17 @@ class KafkaRawDriver(Driver):
                 [NewTopic(topic, num_partitions=self.cfg.partitions, replication_factor=1)]
             )
 
+    def _headers(self, topic: str, payload: bytes) -> list[tuple[str, bytes]] | None:
+        return encode_headers(envelope_message(topic, payload)) if self.enveloped else None
+
     async def publish(self, topic: str, payload: bytes) -> None:
         assert self._producer is not None
-        await self._producer.send_and_wait(topic, payload)
+        await self._producer.send_and_wait(topic, payload, headers=self._headers(topic, payload))
 
     async def publish_batch(self, topic: str, payloads: Sequence[bytes]) -> None:
         producer = self._producer
         assert producer is not None
-        futures = [await producer.send(topic, p) for p in payloads]
+        futures = [await producer.send(topic, p, headers=self._headers(topic, p)) for p in payloads]
         await asyncio.gather(*futures)
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:

@@ -15,7 +15,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from benchmarks.drivers.base import Consumer, Driver, OnMessage
+from backends.nats_jetstream import _wire
+from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message
 
 __all__ = ["NatsRawDriver"]
 
@@ -62,11 +63,18 @@ class _NatsConsumer(Consumer):
 class NatsRawDriver(Driver):
     side = "raw"
 
-    def __init__(self, backend: str, url: str, storage: str = "file") -> None:
+    def __init__(
+        self, backend: str, url: str, storage: str = "file", *, enveloped: bool = False
+    ) -> None:
         super().__init__(backend, url)
         self.storage = storage
         self._nc: Any = None
         self._js: Any = None
+        #: publish the library's CloudEvents headers with each payload (envelope cost)
+        self.enveloped = enveloped
+
+    def _headers(self, topic: str, payload: bytes) -> dict[str, str] | None:
+        return _wire.encode(envelope_message(topic, payload)) if self.enveloped else None
 
     async def open(self) -> None:
         self._nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=2)
@@ -95,11 +103,13 @@ class NatsRawDriver(Driver):
             )
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        await self._js.publish(topic, payload)
+        await self._js.publish(topic, payload, headers=self._headers(topic, payload))
 
     async def publish_batch(self, topic: str, payloads: Sequence[bytes]) -> None:
         publish = self._js.publish
-        await asyncio.gather(*(publish(topic, p) for p in payloads))
+        await asyncio.gather(
+            *(publish(topic, p, headers=self._headers(topic, p)) for p in payloads)
+        )
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
         return _NatsConsumer(self._js, topic, group, prefetch)

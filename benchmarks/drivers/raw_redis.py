@@ -13,7 +13,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from benchmarks.drivers.base import Consumer, Driver, OnMessage
+from backends.redis_streams.entries import to_fields
+from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message
 
 __all__ = ["RedisRawDriver"]
 
@@ -56,9 +57,11 @@ class _RedisConsumer(Consumer):
 class RedisRawDriver(Driver):
     side = "raw"
 
-    def __init__(self, backend: str, url: str) -> None:
+    def __init__(self, backend: str, url: str, *, enveloped: bool = False) -> None:
         super().__init__(backend, url)
         self._r: aioredis.Redis | None = None
+        #: publish the library's CloudEvents fields with each payload (envelope cost)
+        self.enveloped = enveloped
 
     @property
     def r(self) -> aioredis.Redis:
@@ -86,14 +89,25 @@ class RedisRawDriver(Driver):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
+    def _fields(self, topic: str, payload: bytes) -> dict[Any, Any]:
+        flat = to_fields(envelope_message(topic, payload))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
     async def publish(self, topic: str, payload: bytes) -> None:
+        if self.enveloped:
+            await self.r.xadd(self.key(topic), self._fields(topic, payload))
+            return
         await self.r.xadd(self.key(topic), {_FIELD: payload})
 
     async def publish_batch(self, topic: str, payloads: Sequence[bytes]) -> None:
         key = self.key(topic)
         pipe = self.r.pipeline(transaction=False)
-        for payload in payloads:
-            pipe.xadd(key, {_FIELD: payload})
+        if self.enveloped:
+            for payload in payloads:
+                pipe.xadd(key, self._fields(topic, payload))
+        else:
+            for payload in payloads:
+                pipe.xadd(key, {_FIELD: payload})
         await pipe.execute()
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
