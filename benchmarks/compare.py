@@ -78,9 +78,12 @@ class Comparison:
             )
         if self.decisions:
             same = sum(old == new for _, old, new in self.decisions)
+            consistent = sum(_consistent(old, new) for _, old, new in self.decisions)
             lines += [
                 "",
-                f"Winners of the decision table: {same} of {len(self.decisions)} the same.",
+                f"Answers of the decision table: {same} of {len(self.decisions)} the same, "
+                f"{consistent} consistent (the same, or a tie in one run that includes the "
+                "other run's winner).",
                 "",
                 "| workload profile | previous winner | this run's winner |",
                 "|---|---|---|",
@@ -112,6 +115,18 @@ _HEADLINE = {
     "consume_msg_s",
     "publish_msg_s",
 }
+
+
+def _brokers(verdict: str) -> set[str]:
+    """``"A = B (tie)"`` -> {A, B}; ``"A"`` -> {A}."""
+    return {part.strip() for part in verdict.removesuffix(" (tie)").split(" = ")}
+
+
+def _consistent(old: str, new: str) -> bool:
+    if old == new:
+        return True
+    a, b = _brokers(old), _brokers(new)
+    return (len(a) == 1 and a <= b) or (len(b) == 1 and b <= a)
 
 
 def compare(

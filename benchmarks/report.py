@@ -276,9 +276,14 @@ def decision_rows(
     return rows
 
 
-def _winner(cell: str) -> str:
-    """The broker of a decision table's winner cell (``**Redis Streams** (raw client)``)."""
-    return cell.replace("**", "")
+def _verdict(row: Sequence[str]) -> str:
+    """A decision row's answer: the winner, or both brokers when their spreads overlap
+    (a tie reads the same whichever of the two has the higher median)."""
+    winner = row[2].replace("**", "")
+    if "a tie" not in row[5]:
+        return winner
+    runner_up = row[4].split(":", 1)[0]
+    return " = ".join(sorted((winner, runner_up))) + " (tie)"
 
 
 # -- charts ---------------------------------------------------------------------------
@@ -1129,7 +1134,7 @@ def write_report(
             decision_rows(before, conformance), decision_rows(results, conformance), strict=True
         )
         decisions = [
-            (old[0], _winner(old[2]), _winner(new[2])) for old, new in rows if old[0] == new[0]
+            (old[0], _verdict(old), _verdict(new)) for old, new in rows if old[0] == new[0]
         ]
         comparison = compare(before, results, str(previous), decisions).markdown()
     path = out_dir / "report.md"
