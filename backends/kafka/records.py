@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 from bus import codec
 from bus.envelope import from_headers, to_headers
@@ -79,8 +80,9 @@ def to_message(
     partition.
     """
     data = value or b""
+    # a partial, not a closure: one object per record instead of a function and cells
     return deferred(
-        topic, data, lambda: _decode(topic, partition, offset, key, data, timestamp_ms, headers)
+        topic, data, partial(_decode, topic, partition, offset, key, data, timestamp_ms, headers)
     )
 
 
