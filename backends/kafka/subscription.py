@@ -481,6 +481,7 @@ class GroupSubscription(_KafkaSubscription):
         self._commit_lock = asyncio.Lock()
         self._joined = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._committing: asyncio.Task[None] | None = None
         self._commit_failures = 0
         self._commit_retry_at = 0.0
         self.commits = 0
@@ -698,8 +699,21 @@ class GroupSubscription(_KafkaSubscription):
         await self.ack(delivery)
 
     async def _before_fetch(self) -> None:
-        if self._dirty and time.monotonic() >= self._commit_retry_at:
+        # Commit what was settled since the last fetch alongside this fetch rather
+        # than before it: the commit's round trip overlaps the fetch's (one commit in
+        # flight at a time; close() waits for it). Same commits as awaiting it here.
+        if (
+            self._dirty
+            and time.monotonic() >= self._commit_retry_at
+            and (self._committing is None or self._committing.done())
+        ):
+            self._committing = asyncio.get_running_loop().create_task(self._commit_in_background())
+
+    async def _commit_in_background(self) -> None:
+        try:
             await self.flush()
+        except Exception:  # the next fetch or the commit loop tries again
+            log.exception("kafka group %s: commit error", self.group_id)
 
     async def flush(self) -> None:
         """Commit the settled prefix of every partition that moved."""
@@ -750,6 +764,9 @@ class GroupSubscription(_KafkaSubscription):
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        if self._committing is not None:
+            with contextlib.suppress(Exception):
+                await self._committing  # then the final flush below sees its result
         consumer = self.consumer
         try:
             await self.flush()
