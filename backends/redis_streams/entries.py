@@ -62,12 +62,10 @@ def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int
     a consumer.
     """
     if type(fields) is list and fields and fields[0] == _DATA:
-        # as this library writes entries: bus-data first, bus-attempts (if any) last
+        # as this library writes entries (to_fields, the requeue script): bus-data
+        # first, bus-attempts last when there is one
         data = fields[1]
         raw_prior = fields[-1] if fields[-2] == _ATTEMPTS else None
-        if raw_prior is None and _ATTEMPTS in fields:
-            fields = dict(_pairs(fields))  # moved by someone else: look it up
-            raw_prior = fields.get(_ATTEMPTS)
     else:
         if type(fields) is not dict:
             fields = dict(_pairs(fields or ()))
