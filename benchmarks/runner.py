@@ -268,8 +268,13 @@ class _Backend:
     sides: list[_Side]
     proc: Any
     purger: Driver | None
-    collected: dict[str, list[Point]] = field(default_factory=dict)
-    carry: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    #: per target id: the points of every round so far, and what rounds carry over
+    collected: dict[str, list[Point]] = field(init=False)
+    carry: dict[str, dict[Any, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.collected = {side.target.id: [] for side in self.sides}
+        self.carry = {side.target.id: {} for side in self.sides}
 
 
 async def _open_backend(
@@ -346,14 +351,7 @@ async def _open_backend(
         side.target.broker = broker
 
     purger = next((s.driver for s in sides if s.side == "raw" and s.driver is not None), None)
-    return _Backend(
-        plan,
-        sides,
-        proc,
-        purger,
-        collected={side.target.id: [] for side in sides},
-        carry={side.target.id: {} for side in sides},
-    )
+    return _Backend(plan, sides, proc, purger)
 
 
 async def _run_round(
