@@ -304,6 +304,32 @@ async def test_foreign_entry_is_delivered_not_wedged(redis_broker: Broker) -> No
     await _drop_topic(redis_broker.url, topic)
 
 
+async def test_group_lost_under_a_live_member_is_recreated(redis_broker: Broker) -> None:
+    """A consumer group that vanishes while a member reads (data loss: a restart
+    without persistence, an operator's XGROUP DESTROY) is recreated from the start of
+    what the stream still holds; nothing published after the loss is missed (the
+    member's reads meet NOGROUP; the fetch script's own read or the blocking read
+    recreates the group)."""
+    topic = _topic("lostgroup")
+    async with bus.connect(redis_broker.url) as b, _raw(redis_broker.url) as r:
+        await b.declare(topic, groups=["g"])
+        async with b.subscribe(topic, group="g") as sub:
+            await b.publish(topic, b"before")
+            (first,) = await collect_acked(sub, 1, 10)
+            await asyncio.sleep(0.3)  # past the first full fetch: plain reads now
+            await r.xgroup_destroy(f"bus:{{{topic}}}", "g")
+            sent = {await b.publish(topic, f"after-{i}".encode()) for i in range(5)}
+            seen: set[str] = set()
+            deadline = time.monotonic() + 10
+            while not sent <= seen and time.monotonic() < deadline:
+                d = await sub.receive(timeout=max(deadline - time.monotonic(), 0.01))
+                seen.add(d.message.id)
+                await d.ack()
+    assert first.message.data == b"before"
+    assert sent <= seen, f"missing after the group was lost: {sorted(sent - seen)}"
+    await _drop_topic(redis_broker.url, topic)
+
+
 async def test_payload_is_readable_by_a_plain_redis_client(redis_broker: Broker) -> None:
     """CloudEvents binary mode: payload in bus-data as published, attributes as fields."""
     topic = _topic("plain")

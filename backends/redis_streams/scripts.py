@@ -171,7 +171,8 @@ return moved
 
 _FETCH = r"""
 -- ARGV: group, consumer, want, maxlen, move limit, reclaim idle ms ('' = no reclaim),
---       recover count (0 = no), n, stream key * n (read order), reclaim cursor * n
+--       recover count (0 = no), n, stream key * n (read order), reclaim cursor * n,
+--       read new entries ('1') or leave them to an XREADGROUP sent after ('0')
 -- Returns {entries, ms until next delayed message, cursors, levels}; an entry is
 -- {stream index, id, fields, delivery count}.
 local base, group, consumer = KEYS[1], ARGV[1], ARGV[2]
@@ -244,6 +245,7 @@ for i = 1, n do
 end
 
 -- 3. new entries, in read order (redeliveries, then highest priority first)
+if ARGV[9 + 2 * n] == '0' then want = 0 end
 for i = 1, n do
   if want <= 0 then break end
   for _, e in ipairs(readgroup(ARGV[8 + i], want, '>')) do
