@@ -11,6 +11,7 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.results import Results
 
@@ -129,6 +130,12 @@ def _consistent(old: str, new: str) -> bool:
     return (len(a) == 1 and a <= b) or (len(b) == 1 and b <= a)
 
 
+def _figure(params: dict[str, Any]) -> str:
+    """What identifies a figure across runs: its parameters without the message
+    count, which the run-length floor sizes per run (``BenchConfig.min_run_s``)."""
+    return repr(sorted((k, v) for k, v in params.items() if k != "count"))
+
+
 def compare(
     previous: Results,
     current: Results,
@@ -139,16 +146,13 @@ def compare(
     ``decisions`` (workload profile, previous winner, current winner) are carried
     into the comparison as given."""
     index = {
-        (p.target, p.workload, repr(sorted(p.params.items()))): p
-        for p in previous.points
-        if p.error is None
+        (p.target, p.workload, _figure(p.params)): p for p in previous.points if p.error is None
     }
     deltas = []
     for p in current.points:
         if p.error is not None:
             continue
-        key = (p.target, p.workload, repr(sorted(p.params.items())))
-        old = index.get(key)
+        old = index.get((p.target, p.workload, _figure(p.params)))
         if old is None:
             continue
         for metric, s in p.metrics.items():

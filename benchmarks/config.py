@@ -168,6 +168,13 @@ class BenchConfig(_Model):
     rounds: 3 + 3). Back-to-back runs share the machine's state of that minute; runs
     minutes apart also show its drift, so a figure's spread is what a rerun can
     expect."""
+    min_run_s: float = pydantic.Field(default=0.1, ge=0)
+    """Shortest a timed run of a counted workload should last. Where the first
+    warm-up run on a backend was shorter, every later run of that figure on that
+    backend (both sides, every round) handles proportionally more messages, up to
+    ``max_run_scale`` times the profile's count: a run of a few milliseconds measures
+    start-up and timer jitter, not throughput. 0 turns this off."""
+    max_run_scale: int = pydantic.Field(default=8, ge=1)
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
@@ -212,7 +219,7 @@ def _quick() -> BenchConfig:
         # two thirds of those of four runs per figure (consume 4000, scaling 1500).
         fanout=FanOut(groups=3, count=700),
         scaling=Scaling(consumers=[1, 2, 4], count=1000),
-        sizes=Sizes(sizes=[128, 1024, 65536], count=800, bytes_budget=16 * 1024 * 1024),
+        sizes=Sizes(sizes=[128, 1024, 65536], count=800, bytes_budget=32 * 1024 * 1024),
         job_roundtrip=JobRoundTrip(count=800),
         rpc=Rpc(count=100),
     )

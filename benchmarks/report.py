@@ -872,6 +872,15 @@ def _settings_section(results: Results) -> str:
             if (cfg.get("rounds") or 1) > 1
             else ""
         ),
+        (
+            f"- run length: a counted workload whose first warm-up run on a backend took "
+            f"less than {cfg.get('min_run_s')} s handles proportionally more messages in "
+            f"every later run of that figure (both sides, at most "
+            f"{cfg.get('max_run_scale')}x the profile's count): the `count` of each figure "
+            "in `results.json` is the one measured."
+            if cfg.get("min_run_s")
+            else "- run length: the profile's counts as given (`min_run_s` = 0)."
+        ),
         f"- message size {cfg.get('message_size')} B unless stated; prefetch {cfg.get('prefetch')} "
         "on both sides (library `prefetch`, Redis XREADGROUP COUNT, RabbitMQ basic.qos, "
         "NATS fetch batch, Kafka max_records).",

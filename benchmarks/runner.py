@@ -271,6 +271,8 @@ class _Backend:
     #: per target id: the points of every round so far, and what rounds carry over
     collected: dict[str, list[Point]] = field(init=False)
     carry: dict[str, dict[Any, Any]] = field(init=False)
+    #: message counts calibrated per figure, the same for both sides (Context.count)
+    sizing: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.collected = {side.target.id: [] for side in self.sides}
@@ -385,6 +387,7 @@ async def _run_round(
                 progress=progress,
                 round_index=round_index,
                 carry=b.carry[side.target.id],
+                sizing=b.sizing,
             )
             func = WORKLOAD_FUNCS[workload]
             try:

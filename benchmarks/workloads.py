@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -78,6 +79,7 @@ class Context:
         progress: Progress | None = None,
         round_index: int = 0,
         carry: dict[Any, Any] | None = None,
+        sizing: dict[str, int] | None = None,
     ) -> None:
         self.config = config
         #: Which pass through the backend's workloads this is (see ``BenchConfig.rounds``).
@@ -85,6 +87,9 @@ class Context:
         #: State a workload keeps across rounds (one dict per side), e.g. the merged
         #: latency histogram.
         self.carry: dict[Any, Any] = carry if carry is not None else {}
+        #: Calibrated message counts per figure, shared by both sides of a backend
+        #: and by every round (see :meth:`count`).
+        self.sizing: dict[str, int] = sizing if sizing is not None else {}
         self.driver = driver
         self._new_driver = new_driver
         self.run_id = run_id
@@ -132,6 +137,29 @@ class Context:
 
     def measured(self, i: int) -> bool:
         return i >= self.config.warmup_runs
+
+    def count(self, key: str, base: int) -> int:
+        """Messages per run of figure ``key`` on this backend: ``base`` until
+        :meth:`calibrate` sized it."""
+        return self.sizing.get(key, base)
+
+    def calibrate(
+        self, i: int, key: str, count: int, elapsed: float, cap: int | None = None
+    ) -> None:
+        """After run ``i`` of figure ``key`` (``count`` messages in ``elapsed`` s):
+        when it was the first warm-up run of the figure on this backend and lasted
+        less than ``min_run_s``, later runs (both sides, every round) handle
+        proportionally more, at most ``max_run_scale`` times ``count`` (and at most
+        ``cap`` where the workload bounds its memory). Both sides must run the same
+        count: their figures are compared as a ratio."""
+        cfg = self.config
+        if i != 0 or self.measured(0) or key in self.sizing or cfg.min_run_s <= 0:
+            return
+        scale = min(cfg.max_run_scale, math.ceil(cfg.min_run_s / max(elapsed, 1e-6)))
+        sized = count * scale
+        if cap is not None:
+            sized = min(sized, max(count, cap))
+        self.sizing[key] = sized
 
     def run_label(self, i: int) -> str:
         if i < self.config.warmup_runs:
@@ -263,35 +291,39 @@ async def drain(
 async def confirmed_publish(ctx: Context) -> list[Point]:
     cfg = ctx.config
     d = ctx.driver
-    n = cfg.confirmed_publish.count
+    base = cfg.confirmed_publish.count
     topic = ctx.topic("cp")
     await d.declare(topic, [ctx.group("g")])
     body = payload(cfg.message_size)
-    point = Point("confirmed_publish", {"size": cfg.message_size, "count": n})
+    point = Point("confirmed_publish", {"size": cfg.message_size, "count": base})
     for i in range(ctx.total_runs):
         ctx.detail(ctx.run_label(i))
+        n = ctx.count("confirmed_publish", base)
         cost = ctx.meter()
         with cost:
             t0 = time.perf_counter()
             for _ in range(n):
                 await d.publish(topic, body)
             elapsed = time.perf_counter() - t0
+        ctx.calibrate(i, "confirmed_publish", n, elapsed)
         if ctx.measured(i):
             point.add({"msg_s": n / elapsed}, cost)
+    point.params["count"] = ctx.count("confirmed_publish", base)
     return [point]
 
 
 async def batched_publish(ctx: Context) -> list[Point]:
     cfg = ctx.config
     d = ctx.driver
-    n, batch = cfg.batched_publish.count, cfg.batched_publish.batch
+    base, batch = cfg.batched_publish.count, cfg.batched_publish.batch
     topic = ctx.topic("bp")
     await d.declare(topic, [ctx.group("g")])
     body = payload(cfg.message_size)
     items = [body] * batch
-    point = Point("batched_publish", {"size": cfg.message_size, "count": n, "batch": batch})
+    point = Point("batched_publish", {"size": cfg.message_size, "count": base, "batch": batch})
     for i in range(ctx.total_runs):
         ctx.detail(ctx.run_label(i))
+        n = ctx.count("batched_publish", base)
         cost = ctx.meter()
         with cost:
             t0 = time.perf_counter()
@@ -301,8 +333,10 @@ async def batched_publish(ctx: Context) -> list[Point]:
                 await d.publish_batch(topic, items if k == batch else items[:k])
                 left -= k
             elapsed = time.perf_counter() - t0
+        ctx.calibrate(i, "batched_publish", n, elapsed)
         if ctx.measured(i):
             point.add({"msg_s": n / elapsed}, cost)
+    point.params["count"] = ctx.count("batched_publish", base)
     return [point]
 
 
@@ -317,9 +351,12 @@ async def _backlog_drains(
     point: Point,
     label: str = "",
     publish_timed: bool = False,
+    cap: int | None = None,
 ) -> None:
     """Runs of: fill a backlog of ``count`` (timed when ``publish_timed``), then
-    drain it with ``members`` consumers of ``group`` (timed).
+    drain it with ``members`` consumers of ``group`` (timed). Where members join per
+    run, the first warm-up run sizes the later ones (:meth:`Context.calibrate`, key:
+    the point's workload and parameters).
 
     Where a group join is cheap, each run fills, joins, drains and leaves. Where it
     is not (Kafka), a member joined before the fill would prefetch the backlog while
@@ -332,39 +369,42 @@ async def _backlog_drains(
     await ctx.driver.declare(topic, [group])
     consume_key = "consume_msg_s" if publish_timed else "msg_s"
 
-    async def timed_fill() -> tuple[dict[str, float], CostMeter]:
-        cost = ctx.meter()
-        with cost:
-            t0 = time.perf_counter()
-            await fill(ctx.driver, topic, body, count, chunk=cfg.batched_publish.batch)
-            elapsed = time.perf_counter() - t0
-        if not publish_timed:
-            return {}, cost
-        return {
-            "publish_msg_s": count / elapsed,
-            "publish_mb_s": count * size / elapsed / 2**20,
-        }, cost
+    key = f"{point.workload}/{sorted(point.params.items())}"
 
-    def consumed(elapsed: float) -> dict[str, float]:
-        out = {consume_key: count / elapsed}
+    async def timed_fill(n: int) -> tuple[dict[str, float], float]:
+        t0 = time.perf_counter()
+        await fill(ctx.driver, topic, body, n, chunk=cfg.batched_publish.batch)
+        elapsed = time.perf_counter() - t0
+        if not publish_timed:
+            return {}, elapsed
+        return {
+            "publish_msg_s": n / elapsed,
+            "publish_mb_s": n * size / elapsed / 2**20,
+        }, elapsed
+
+    def consumed(n: int, elapsed: float) -> dict[str, float]:
+        out = {consume_key: n / elapsed}
         if publish_timed:
-            out["consume_mb_s"] = count * size / elapsed / 2**20
+            out["consume_mb_s"] = n * size / elapsed / 2**20
         return out
 
     if ctx.driver.cheap_join:
         point.notes.append("consumers join per run, after the backlog is published")
         for i in range(ctx.total_runs):
             ctx.detail(f"{label}{ctx.run_label(i)}")
-            metrics, _ = await timed_fill()
+            n = ctx.count(key, count)
+            metrics, filled = await timed_fill(n)
             consumers = [dr.consumer(topic, group, cfg.prefetch) for dr in drivers]
             await open_group(consumers)
             cost = ctx.meter()
             try:
-                elapsed = await drain(consumers, count, cost, cfg.workload_timeout_s)
+                elapsed = await drain(consumers, n, cost, cfg.workload_timeout_s)
             finally:
                 await close_all(consumers)
+            ctx.calibrate(i, key, n, min(elapsed, filled) if publish_timed else elapsed, cap)
             if ctx.measured(i):
-                point.add({**metrics, **consumed(elapsed)}, cost)
+                point.add({**metrics, **consumed(n, elapsed)}, cost)
+        point.params["count"] = ctx.count(key, count)
         return
 
     point.notes.append(
@@ -374,7 +414,7 @@ async def _backlog_drains(
     fills = []
     for i in range(ctx.total_runs):
         ctx.detail(f"{label}fill {i + 1}/{ctx.total_runs}")
-        fills.append(await timed_fill())
+        fills.append(await timed_fill(count))
     consumers = [dr.consumer(topic, group, cfg.prefetch) for dr in drivers]
     ctx.detail(f"{label}joining")
     await open_group(consumers)
@@ -412,7 +452,7 @@ async def _backlog_drains(
         elapsed = max(bounds[i + 1] - bounds[i], 1) / 1e9
         if ctx.measured(i):
             metrics, _ = fills[i]
-            point.add({**metrics, **consumed(elapsed)}, share)
+            point.add({**metrics, **consumed(count, elapsed)}, share)
 
 
 async def consume_ack(ctx: Context) -> list[Point]:
@@ -467,6 +507,7 @@ async def sizes(ctx: Context) -> list[Point]:
             point=point,
             label=f"{size} B ",
             publish_timed=True,
+            cap=cfg.sizes.bytes_budget // size,
         )
         points.append(point)
     return points
@@ -475,7 +516,7 @@ async def sizes(ctx: Context) -> list[Point]:
 async def fanout(ctx: Context) -> list[Point]:
     cfg = ctx.config
     groups = [ctx.group(f"g{i}") for i in range(cfg.fanout.groups)]
-    n = cfg.fanout.count
+    base = cfg.fanout.count
     topic = ctx.topic("fo")
     d = ctx.driver
     await d.declare(topic, groups)
@@ -485,9 +526,10 @@ async def fanout(ctx: Context) -> list[Point]:
     body = payload(cfg.message_size)
     batch = cfg.batched_publish.batch
     point = Point(
-        "fanout", {"groups": len(groups), "size": cfg.message_size, "count": n, "batch": batch}
+        "fanout", {"groups": len(groups), "size": cfg.message_size, "count": base, "batch": batch}
     )
     point.notes.append("live: consumers running while the batched publisher sends")
+    n = base
 
     async def send() -> None:
         await fill(d, topic, body, n, chunk=batch)
@@ -495,14 +537,17 @@ async def fanout(ctx: Context) -> list[Point]:
     try:
         for i in range(ctx.total_runs):
             ctx.detail(ctx.run_label(i))
+            n = ctx.count("fanout", base)
             cost = ctx.meter()
             elapsed = await drain(
                 consumers, n * len(groups), cost, cfg.workload_timeout_s, start=send
             )
+            ctx.calibrate(i, "fanout", n, elapsed)
             if ctx.measured(i):
                 point.add({"deliveries_s": n * len(groups) / elapsed, "msg_s": n / elapsed}, cost)
     finally:
         await close_all(consumers)
+    point.params["count"] = ctx.count("fanout", base)
     return [point]
 
 
@@ -726,6 +771,7 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
             state["stop"].set()
 
     merged = LatencyHistogram()
+    n = jc.count
 
     async def measure(i: int, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         cost = ctx.meter()
@@ -738,18 +784,23 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
                     await publisher
             finally:
                 publisher.cancel()
+        elapsed = max(state["last"] - t0, 1) / 1e9
+        ctx.calibrate(i, "job_roundtrip", n, elapsed)
         if ctx.measured(i):
             hist = LatencyHistogram()
             hist.record_ns(state["lat"])
             merged.record_ns(state["lat"])
             pct = hist.percentiles_ms()
-            elapsed = max(state["last"] - t0, 1) / 1e9
-            point.add(
-                {"jobs_s": jc.count / elapsed, "p50_ms": pct["p50"], "p99_ms": pct["p99"]}, cost
-            )
+            point.add({"jobs_s": n / elapsed, "p50_ms": pct["p50"], "p99_ms": pct["p99"]}, cost)
+
+    def start(i: int) -> None:
+        nonlocal n
+        ctx.detail(ctx.run_label(i))
+        n = ctx.count("job_roundtrip", jc.count)
+        reset(n)
 
     async def publish() -> None:
-        await _publish_jobs(ctx.driver, topic, jc.count, jc.publishers, cfg.message_size)
+        await _publish_jobs(ctx.driver, topic, n, jc.publishers, cfg.message_size)
 
     if isinstance(ctx.driver, LibraryDriver):
         b = ctx.driver.bus
@@ -782,9 +833,8 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
         )
         async with worker:
             for i in range(ctx.total_runs):
-                ctx.detail(ctx.run_label(i))
+                start(i)
                 failed.clear()
-                reset(jc.count)
                 await measure(i, publish)
     else:
         consumer_driver = await ctx.extra_driver()
@@ -793,8 +843,7 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
         point.notes.append("raw consume loop (no retry runtime), same publishers")
         try:
             for i in range(ctx.total_runs):
-                ctx.detail(ctx.run_label(i))
-                reset(jc.count)
+                start(i)
                 stop = state["stop"]
                 task = asyncio.create_task(consumer.run(done, stop))
                 try:
@@ -805,6 +854,7 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
         finally:
             await close_all([consumer])
     point.curve_ms = merged.curve_ms()
+    point.params["count"] = ctx.count("job_roundtrip", jc.count)
     return [point]
 
 
@@ -835,25 +885,28 @@ async def rpc(ctx: Context) -> list[Point]:
     async with worker:
         for i in range(ctx.total_runs):
             ctx.detail(ctx.run_label(i))
+            n = ctx.count("rpc", cfg.rpc.count)
             samples = []
             cost = ctx.meter()
             with cost:
                 t0 = now()
-                for _ in range(cfg.rpc.count):
+                for _ in range(n):
                     t = now()
                     await b.request(topic, body, timeout=cfg.rpc.timeout_s)
                     samples.append(now() - t)
                 elapsed = (now() - t0) / 1e9
+            ctx.calibrate(i, "rpc", n, elapsed)
             if ctx.measured(i):
                 hist = LatencyHistogram()
                 hist.record_ns(samples)
                 merged.record_ns(samples)
                 pct = hist.percentiles_ms()
                 point.add(
-                    {"req_s": cfg.rpc.count / elapsed, "p50_ms": pct["p50"], "p99_ms": pct["p99"]},
+                    {"req_s": n / elapsed, "p50_ms": pct["p50"], "p99_ms": pct["p99"]},
                     cost,
                 )
     point.curve_ms = merged.curve_ms()
+    point.params["count"] = ctx.count("rpc", cfg.rpc.count)
     point.notes.append("sequential bus.request to a bus.consume echo handler")
     return [point]
 

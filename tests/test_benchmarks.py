@@ -15,13 +15,14 @@ from benchmarks.config import apply_overrides, profile
 from benchmarks.results import PointResult, Results
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
-from benchmarks.workloads import Point
+from benchmarks.workloads import Context, Point
 from conformance.brokers import Broker
 
 TINY = [
     "runs=2",
     "rounds=2",
-    "warmup_runs=0",
+    "warmup_runs=1",
+    "max_run_scale=4",
     "confirmed_publish.count=20",
     "batched_publish.count=60",
     "batched_publish.batch=20",
@@ -69,6 +70,33 @@ def test_rounds_split_the_runs_and_merge_them_back() -> None:
     assert merged.curve_ms == [(50.0, 2.0)]  # the latest: it covers every round
 
 
+def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
+    config = apply_overrides(profile("quick"), ["min_run_s=0.1", "max_run_scale=8"])
+    sizing: dict[str, int] = {}
+    ctx = Context(config, None, lambda: None, run_id="t", broker_proc=None, sizing=sizing)  # type: ignore[arg-type]
+    assert ctx.count("consume_ack", 100) == 100
+    ctx.calibrate(0, "consume_ack", 100, 0.04)  # 40 ms: 3x to reach 0.1 s
+    ctx.calibrate(0, "batched_publish", 100, 0.001)  # 1 ms: capped at 8x
+    ctx.calibrate(0, "sizes/65536", 100, 0.001, cap=250)  # capped by its memory bound
+    ctx.calibrate(0, "confirmed_publish", 100, 0.5)  # long enough already
+    ctx.calibrate(1, "fanout", 100, 0.001)  # not the first run: no sizing
+    ctx.calibrate(0, "consume_ack", 300, 0.001)  # sized once, by the first side
+    assert sizing == {
+        "consume_ack": 300,
+        "batched_publish": 800,
+        "sizes/65536": 250,
+        "confirmed_publish": 100,
+    }
+    # the other side and later rounds share the sizes
+    other = Context(config, None, lambda: None, run_id="t", broker_proc=None, sizing=sizing)  # type: ignore[arg-type]
+    assert other.count("consume_ack", 100) == 300
+    # without a warm-up run nothing is sized (a measured run never changes size)
+    cold = apply_overrides(config, ["warmup_runs=0"])
+    ctx = Context(cold, None, lambda: None, run_id="t", broker_proc=None, sizing={})  # type: ignore[arg-type]
+    ctx.calibrate(0, "consume_ack", 100, 0.001)
+    assert ctx.sizing == {}
+
+
 def test_ratio_uses_medians_and_spread_bounds() -> None:
     def point(side: str, values: list[float]) -> PointResult:
         return PointResult(
@@ -96,7 +124,7 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
                 backend="redis",
                 side="bus",
                 workload=workload,
-                params={"size": 1024},
+                params={"size": 1024, "count": 2700},
                 metrics={"msg_s": summarize(values)},
             )
 
@@ -113,6 +141,8 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
 
     before = results([90, 100, 110], [1000, 1100, 1200])
     after = results([95, 108, 125], [1500, 1600, 1700])  # consume overlaps, publish not
+    for p in after.points:  # sized differently by the run-length floor: the same figure
+        p.params["count"] = 5000
     decisions = [
         ("Job queue", "Redis Streams", "Redis Streams"),
         ("RPC", "NATS", "Redis"),
@@ -199,6 +229,15 @@ def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> N
         # rounds=2, runs=2: one run per round, merged into one figure
         consume = next(p for p in points if p.workload == "consume_ack")
         assert len(consume.metrics["msg_s"].runs) == 2, target
+    # run-length floor: both sides of a backend measured the same, sized count
+    counts = {
+        p.target: p.params["count"]
+        for p in results.points
+        if p.workload == "consume_ack" and p.backend == "redis"
+    }
+    assert counts["redis/raw"] == counts["redis/bus"]
+    assert 60 <= counts["redis/raw"] <= 4 * 60
+    assert any(r.workload == "consume_ack" and r.backend == "redis" for r in results.ratios)
     latency = results.find("redis", "raw", "latency", rate=200)[0]
     assert {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"} <= set(latency.metrics)
     assert latency.curve_ms
