@@ -143,17 +143,22 @@ class Context:
         :meth:`calibrate` sized it."""
         return self.sizing.get(key, base)
 
+    def unsized(self, key: str) -> bool:
+        """Whether figure ``key`` is still to be sized on this backend."""
+        cfg = self.config
+        return cfg.min_run_s > 0 and not self.measured(0) and key not in self.sizing
+
     def calibrate(
         self, i: int, key: str, count: int, elapsed: float, cap: int | None = None
     ) -> None:
         """After run ``i`` of figure ``key`` (``count`` messages in ``elapsed`` s):
-        when it was the first warm-up run of the figure on this backend and lasted
-        less than ``min_run_s``, later runs (both sides, every round) handle
+        when it was the first warm-up run of the figure on this backend (or a sizing
+        run before it, ``i`` = 0) and lasted less than ``min_run_s``, later runs (both sides, every round) handle
         proportionally more, at most ``max_run_scale`` times ``count`` (and at most
         ``cap`` where the workload bounds its memory). Both sides must run the same
         count: their figures are compared as a ratio."""
         cfg = self.config
-        if i != 0 or self.measured(0) or key in self.sizing or cfg.min_run_s <= 0:
+        if i != 0 or not self.unsized(key):
             return
         scale = min(cfg.max_run_scale, math.ceil(cfg.min_run_s / max(elapsed, 1e-6)))
         sized = count * scale
@@ -411,6 +416,24 @@ async def _backlog_drains(
         "group joins once: all runs' backlogs published first, then drained in one go "
         "(run i = messages i*count..(i+1)*count)"
     )
+    if ctx.unsized(key):
+        # a sizing drain of its own (topic, group, join) before the backlogs are
+        # published: a stretch of the one long drain cannot size the others
+        ctx.detail(f"{label}sizing run")
+        sizing_topic = f"{topic}-sizing"
+        ctx.topics.append(sizing_topic)
+        sizing_group = ctx.group("sizing")
+        await ctx.driver.declare(sizing_topic, [sizing_group])
+        await fill(ctx.driver, sizing_topic, body, count, chunk=cfg.batched_publish.batch)
+        consumers = [dr.consumer(sizing_topic, sizing_group, cfg.prefetch) for dr in drivers]
+        await open_group(consumers)
+        try:
+            elapsed = await drain(consumers, count, ctx.meter(), cfg.workload_timeout_s)
+        finally:
+            await close_all(consumers)
+        ctx.calibrate(0, key, count, elapsed, cap)
+    count = ctx.count(key, count)
+    point.params["count"] = count
     fills = []
     for i in range(ctx.total_runs):
         ctx.detail(f"{label}fill {i + 1}/{ctx.total_runs}")
