@@ -71,6 +71,13 @@ class Comparison:
             f"Compared with `{self.previous}`: {self.reproduced} of {n} figures ({share:.0f}%) "
             "reproduced (each median inside the other run's min-max).",
         ]
+        missed = [d for d in self.deltas if not d.within]
+        if missed:
+            small = sum(abs(d.change) < 0.10 for d in missed)
+            lines.append(
+                f"Of the {len(missed)} that did not, {small} moved less than 10% (steady "
+                "figures with a narrow min-max miss it by a small drift)."
+            )
         if self.runs > 1:
             lines.append(
                 f"With {self.runs} measured runs per figure, two runs whose figures differ "

@@ -156,6 +156,7 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert (comparison.reproduced, comparison.runs) == (1, 3)
     text = comparison.markdown()
     assert "1 of 2 figures (50%) reproduced" in text
+    assert "Of the 1 that did not, 0 moved less than 10%" in text
     assert "Answers of the decision table: 1 of 3 the same, 2 consistent" in text
     assert f"about {100 * chance_share(3):.0f}%" in text
 
