@@ -69,6 +69,15 @@ _SLICE = 0.1
 #: Delayed records (``bus-not-before`` in the future) a consumer holds in memory at
 #: most; beyond that it stops pulling until the earliest is due.
 _MAX_HELD = 10_000
+#: Deliveries one fetch() builds at most (fewer than the consumer may hold: the caller
+#: fetches again when it has handed them out). A pulled record costs one object until
+#: it is handed out; a delivery costs four more (message, its decoder, the decoder's
+#: arguments, the Delivery). Built 256 at a time they outnumbered the cyclic GC's
+#: young-generation threshold (700 net allocations) on every fetch, and each
+#: collection promoted the live batch towards the full collections: 60,000 records
+#: drained with receive() + ack() took 428 young / 38 middle / 4 full collections and
+#: ran at 130k msg/s; built 32 at a time, 10 / 0 / 0 and 157k msg/s.
+_HAND_OUT = 32
 #: How long a rebalance may spend writing redelivery copies before giving up on them
 #: (it then commits only the settled prefix: the next owner re-reads the rest).
 _HANDBACK_TIMEOUT = 10.0
@@ -84,9 +93,11 @@ class Pending:
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
     """As pulled (a redelivery copy carries them on)."""
-    message: Message
+    timestamp: int
     attempt: int
     """Attempt number of the next delivery."""
+    message: Message | None = None
+    """Built when first handed out (see ``_take``)."""
     deliveries: int = 0
     """Deliveries made by this consumer."""
     due: float = 0.0
@@ -200,7 +211,7 @@ class _KafkaSubscription(BackendSubscription):
             self._release_due()
             room = min(max_messages, self.prefetch - self._out)
             if room > 0:
-                batch = self._take(room)
+                batch = self._take(min(room, _HAND_OUT))
                 if batch:
                     return batch
             remaining = deadline - time.monotonic()
@@ -230,42 +241,48 @@ class _KafkaSubscription(BackendSubscription):
         return ()
 
     def _ingest(self, records: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
-        # runs once per pulled record: the bookkeeping headers are looked up in the
-        # raw header list, the message itself is decoded when the handler reads it
-        now = time.time()
-        ready, add, track, keep = self._ready, self._add, self._track, self._keep
+        # Runs once per pulled record; the message is decoded when the handler reads
+        # it. This library writes its bookkeeping headers (bus-group, bus-attempt,
+        # bus-not-before) only on redelivery copies, after every other header, and
+        # user headers cannot start with bus-: a record whose last header does not
+        # is a first delivery for every consumer, due now.
+        ready, add, track = self._ready, self._add, self._track
         for tp, batch in records.items():
             if not self._accepts(tp):
                 continue
-            topic, partition = tp.topic, tp.partition
             for rec in batch:
                 offset = rec.offset
                 if not track(tp, offset):
                     continue
                 raw = rec.headers or ()
-                found = dict(raw) if raw else {}
-                target = found.get(GROUP)
-                if not keep(
-                    tp, offset, None if target is None else target.decode("utf-8", "replace")
-                ):
+                if raw and raw[-1][0].startswith("bus-"):
+                    self._ingest_marked(tp, rec, raw)
                     continue
-                pending = Pending(
-                    tp,
-                    offset,
-                    rec.key,
-                    rec.value,
-                    raw,
-                    to_message(topic, partition, offset, rec.key, rec.value, rec.timestamp, raw),
-                    _attempt(found.get(ATTEMPT)),
-                )
+                pending = Pending(tp, offset, rec.key, rec.value, raw, rec.timestamp, 1)
                 add(pending)
-                due = _not_before(found.get(NOT_BEFORE))
-                if due > now:
-                    pending.due = due
-                    heapq.heappush(self._held, (due, next(self._seq), pending))
-                else:
-                    ready.append(pending)
+                ready.append(pending)
             self._pulled(tp)
+
+    def _ingest_marked(
+        self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], raw: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """A pulled record that carries bookkeeping headers (a redelivery copy)."""
+        found = dict(raw)
+        target = found.get(GROUP)
+        group = None if target is None else target.decode("utf-8", "replace")
+        offset = rec.offset
+        if not self._keep(tp, offset, group):
+            return
+        pending = Pending(
+            tp, offset, rec.key, rec.value, raw, rec.timestamp, _attempt(found.get(ATTEMPT))
+        )
+        self._add(pending)
+        due = _not_before(found.get(NOT_BEFORE))
+        if due > time.time():
+            pending.due = due
+            heapq.heappush(self._held, (due, next(self._seq), pending))
+        else:
+            self._ready.append(pending)
 
     def _release_due(self) -> None:
         now = time.time()
@@ -285,10 +302,22 @@ class _KafkaSubscription(BackendSubscription):
             if pending.tp in self._revoking:
                 kept.append(pending)  # its partition is being handed back
                 continue
+            message = pending.message
+            if message is None:
+                tp = pending.tp
+                message = pending.message = to_message(
+                    tp.topic,
+                    tp.partition,
+                    pending.offset,
+                    pending.key,
+                    pending.value,
+                    pending.timestamp,
+                    pending.headers,
+                )
             pending.out = True
             pending.deliveries += 1
             self._out += 1
-            out.append(Delivery(self, pending.message, pending.attempt, pending))
+            out.append(Delivery(self, message, pending.attempt, pending))
             pending.attempt += 1
         self._ready.extendleft(reversed(kept))
         return out
