@@ -62,8 +62,17 @@ POLL_EVERY = 1.0
 #: recovering, repairing a lost group, priority levels, which it reads in order);
 #: otherwise a plain XREADGROUP follows it in the same round trip.
 FULL_FETCH_EVERY = 0.2
+#: Deliveries one fetch() builds at most; the entries read beyond them wait as the
+#: rows of the reply and become deliveries when handed out. A delivery costs four
+#: GC-tracked objects (message, its decoder, the decoder's arguments, the Delivery):
+#: built for a whole read of 256 they pushed every read past the cyclic GC's
+#: young-generation threshold with the batch still alive, promoting it towards full
+#: collections (see the Kafka backend's ``_HAND_OUT``).
+HAND_OUT = 32
 
 _Handle = tuple[str, str]
+#: An entry read but not handed out yet: its handle, fields and delivery count.
+_Row = tuple[_Handle, "Fields", int]
 
 
 def _s(value: bytes | str) -> str:
@@ -82,8 +91,10 @@ class _Base(BackendSubscription):
         self.keys = TopicKeys.of(backend.options.key_prefix, topic)
         self.prefetch = prefetch
         self._conn = backend.conn
-        self._unsettled: dict[_Handle, Delivery] = {}
-        self._overflow: collections.deque[Delivery] = collections.deque()
+        #: everything this consumer holds: handed out (a Delivery) or read and not
+        #: handed out yet (None; its row waits in _overflow)
+        self._unsettled: dict[_Handle, Delivery | None] = {}
+        self._overflow: collections.deque[Delivery | _Row] = collections.deque()
         self._settled = asyncio.Event()
         self._closed = False
         self._read: asyncio.Task[Any] | None = None
@@ -122,12 +133,16 @@ class _Base(BackendSubscription):
                 await read
 
     def _take(self, max_messages: int) -> list[Delivery]:
-        overflow = self._overflow
-        if len(overflow) <= max_messages:  # the usual case: hand over the whole read
-            out = list(overflow)
-            overflow.clear()
-            return out
-        return [overflow.popleft() for _ in range(max_messages)]
+        overflow, unsettled, topic = self._overflow, self._unsettled, self.topic
+        out: list[Delivery] = []
+        for _ in range(min(max_messages, HAND_OUT, len(overflow))):
+            item = overflow.popleft()
+            if isinstance(item, tuple):  # a row read earlier: build its delivery now
+                handle, fields, count = item
+                message, prior = from_fields(topic, handle[1], fields)
+                item = unsettled[handle] = Delivery(self, message, prior + count, handle)
+            out.append(item)
+        return out
 
     def _room(self, max_messages: int) -> int:
         return min(max_messages, self.prefetch - len(self._unsettled))
@@ -155,6 +170,7 @@ class _Base(BackendSubscription):
             raise self._conn.unavailable(exc, what) from exc
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[Delivery]:
+        # at most HAND_OUT per call: the rest of a read is handed out by the next calls
         deadline = time.monotonic() + timeout
         pause = 0.05
         while not self._closed:
@@ -198,7 +214,7 @@ class _Base(BackendSubscription):
     def _lost_connection(self) -> None:
         """Hook: a read failed on the wire."""
 
-    async def _fetch_once(self, room: int, deadline: float) -> list[Delivery] | None:
+    async def _fetch_once(self, room: int, deadline: float) -> Sequence[Delivery | _Row] | None:
         raise NotImplementedError
 
     def _block_ms(self, deadline: float, *limits: float | None) -> int:
@@ -263,19 +279,17 @@ class GroupSubscription(_Base):
         # that it never saw: re-read them (XREADGROUP ... 0) on the next fetch.
         self._recover = True
 
-    def _deliveries(self, rows: list[tuple[str, str, Fields, int]]) -> list[Delivery]:
-        out: list[Delivery] = []
+    def _rows(self, rows: list[tuple[str, str, Fields, int]]) -> list[_Row]:
+        out: list[_Row] = []
         for key, entry_id, fields, count in rows:
             handle = (key, entry_id)
             if handle in self._unsettled:
                 continue  # still held here (re-read after a reconnect, or own reclaim)
-            message, prior = from_fields(self.topic, entry_id, fields)
-            delivery = Delivery(self, message, prior + count, handle)
-            self._unsettled[handle] = delivery
-            out.append(delivery)
+            self._unsettled[handle] = None
+            out.append((handle, fields, count))
         return out
 
-    async def _fetch_once(self, room: int, deadline: float) -> list[Delivery] | None:
+    async def _fetch_once(self, room: int, deadline: float) -> list[_Row] | None:
         batch = await self._poll(room)
         if batch is None or batch:
             return batch
@@ -284,7 +298,7 @@ class GroupSubscription(_Base):
             return []
         return await self._block(room, block)
 
-    async def _poll(self, room: int) -> list[Delivery] | None:
+    async def _poll(self, room: int) -> list[_Row] | None:
         now = time.monotonic()
         acks, touches = self._take_settlements()
         ops: list[Op] = self._settlement_ops(acks, touches)
@@ -342,7 +356,7 @@ class GroupSubscription(_Base):
         new_levels = sorted((int(lv) for lv in levels), reverse=True)
         if new_levels != self._levels:
             self._set_levels(new_levels)
-        out = self._deliveries(
+        out = self._rows(
             [(streams[int(i) - 1], _s(eid), fields, int(n)) for i, eid, fields, n in entries]
         )
         if not script_reads:
@@ -385,15 +399,15 @@ class GroupSubscription(_Base):
         acks: dict[str, list[str]],
         touches: dict[str, list[str]],
         streams: list[str],
-    ) -> list[Delivery] | None:
+    ) -> list[_Row] | None:
         """Send the settlements and a plain XREADGROUP (last op) in one round trip."""
         sent, results = await self._send_with_read(ops, acks, touches)
         if not sent:
             return None
         return self._plain_rows(results[0], streams)
 
-    def _plain_rows(self, result: Any, streams: list[str]) -> list[Delivery]:
-        """Deliveries of a pipelined XREADGROUP's result (or raise its error)."""
+    def _plain_rows(self, result: Any, streams: list[str]) -> list[_Row]:
+        """Rows of a pipelined XREADGROUP's result (or raise its error)."""
         if isinstance(result, rex.ResponseError) and "NOGROUP" in str(result):
             # the group or a stream vanished (data loss): the script's read recreates it
             self._next_full = 0.0
@@ -403,31 +417,29 @@ class GroupSubscription(_Base):
             raise result
         return self._read_rows(result, streams)
 
-    def _read_rows(self, result: Any, streams: list[str]) -> list[Delivery]:
-        """Deliveries from an XREADGROUP reply, in read order (redeliveries first,
-        then highest priority first)."""
+    def _read_rows(self, result: Any, streams: list[str]) -> list[_Row]:
+        """Rows of an XREADGROUP reply, in read order (redeliveries first, then
+        highest priority first); each is held (``_unsettled``) from now on."""
         if not result:
             return []
         streams_read: list[Any] = list(result)
         if len(streams_read) > 1:
             order = {key: n for n, key in enumerate(streams)}
             streams_read.sort(key=lambda r: order.get(_s(r[0]), 0))
-        # _deliveries inlined: this loop runs once per entry read
-        out: list[Delivery] = []
-        unsettled, topic = self._unsettled, self.topic
+        # _rows inlined: this loop runs once per entry read
+        out: list[_Row] = []
+        unsettled = self._unsettled
         for raw_key, items in streams_read:
             key = _s(raw_key)
             for raw_id, fields in items:
                 handle = (key, raw_id.decode() if type(raw_id) is bytes else raw_id)
                 if handle in unsettled:
                     continue  # still held here (re-read after a reconnect)
-                message, prior = from_fields(topic, handle[1], fields)
-                delivery = Delivery(self, message, prior + 1, handle)
-                unsettled[handle] = delivery
-                out.append(delivery)
+                unsettled[handle] = None
+                out.append((handle, fields, 1))
         return out
 
-    async def _block(self, room: int, block_ms: int) -> list[Delivery] | None:
+    async def _block(self, room: int, block_ms: int) -> list[_Row] | None:
         streams = list(self._streams)
         client = self._conn.node(self.keys.base)
         try:
