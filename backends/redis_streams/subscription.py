@@ -344,6 +344,8 @@ class GroupSubscription(_Base):
             self._next_housekeep = now + self.backend.options.housekeeping_interval
         result = results[0]
         if isinstance(result, BaseException):
+            if not script_reads:  # read all the same: the next fetch hands them out
+                self._overflow.extend(self._plain_rows(results[1], streams))
             raise result
         entries, due_in, cursors, levels = result
         self._recover = self._repair = False
@@ -359,7 +361,7 @@ class GroupSubscription(_Base):
         out = self._rows(
             [(streams[int(i) - 1], _s(eid), fields, int(n)) for i, eid, fields, n in entries]
         )
-        if not script_reads:
+        if not script_reads:  # after the flags above: it may set _repair
             out += self._plain_rows(results[1], streams)
         return out
 
