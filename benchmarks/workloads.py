@@ -156,8 +156,7 @@ class Context:
         run before it, ``i`` = 0) and lasted less than ``min_run_s``, later runs (both
         sides, every round) handle proportionally more, at most ``max_run_scale``
         times ``count`` (and at most ``cap`` where the workload bounds its memory).
-        Both sides must run the same
-        count: their figures are compared as a ratio."""
+        Both sides must run the same count: their figures are compared as a ratio."""
         cfg = self.config
         if i != 0 or not self.unsized(key):
             return
