@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import math
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from bus import codec
-from bus._ids import uuid7
+from bus._ids import stamp
 from bus._redact import redact_url
 from bus.backend import Backend, Start
 from bus.capabilities import Capabilities, Feature
@@ -99,13 +98,14 @@ class Bus:
         if key is not None and not isinstance(key, str):
             raise InvalidArgument(f"key must be a str, got {key.__class__.__name__}")
         payload, content_type = codec.encode(data)
+        mid, now = stamp()
         message = assemble(
-            uuid7(),
+            mid,
             topic,
             payload,
             type,
             self._backend.options.source,
-            dt.datetime.now(dt.UTC),
+            now,
             content_type,
             schema_version,
             key,

@@ -43,6 +43,7 @@ __all__ = [
     "SLOTS",
     "attribute_slots",
     "build",
+    "format_time",
     "from_headers",
     "to_headers",
     "validate_headers",
@@ -76,6 +77,23 @@ def validate_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
     return dict(headers)
 
 
+# The last time formatted and its text: the library stamps every message of one
+# millisecond with the same datetime object (bus._ids.stamp), so a batch formats its
+# time once. One tuple, replaced whole: a thread switch cannot pair a text with
+# another time.
+_formatted: tuple[dt.datetime | None, str] = (None, "")
+
+
+def format_time(when: dt.datetime) -> str:
+    """``when`` in RFC 3339 (``datetime.isoformat``), as the ``time`` attribute travels."""
+    global _formatted
+    last, text = _formatted
+    if when is not last:
+        text = when.isoformat()
+        _formatted = (when, text)
+    return text
+
+
 def to_headers(message: Message, prefix: str = "ce-") -> dict[str, str]:
     """All attributes and user headers of ``message`` as one ``str -> str`` mapping."""
     out = dict(message.headers)
@@ -83,7 +101,7 @@ def to_headers(message: Message, prefix: str = "ce-") -> dict[str, str]:
     out[prefix + "id"] = message.id
     out[prefix + "source"] = message.source
     out[prefix + "type"] = message.type
-    out[prefix + "time"] = message.time.isoformat()
+    out[prefix + "time"] = format_time(message.time)
     out["content-type"] = message.content_type
     for attr, suffix in _OPTIONAL:
         value = getattr(message, attr)

@@ -31,7 +31,8 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 class Message:
     """One message as published and as delivered.
 
-    ``id`` is a UUIDv7 (unique, sortable by creation time); ``time`` is UTC.
+    ``id`` is a UUIDv7 (unique, sortable by creation time); ``time`` is UTC (on a
+    published message, the millisecond in its id).
     ``key`` selects the ordering lane (Kafka partition, per-key order);
     ``headers`` are user headers ``str -> str``; ``priority`` is 0-9 or None.
     """

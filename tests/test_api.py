@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import datetime as dt
 import inspect
 import os
 import pickle
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 import bus
 from bus import envelope
-from bus._ids import uuid7
+from bus._ids import stamp, uuid7
 from bus.message import assemble, deferred
 from bus.registry import resolve
 
@@ -116,6 +117,24 @@ def test_ids_are_uuid7_and_sort_by_creation() -> None:
     assert len(set(ids)) == len(ids)
     shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
     assert all(shape.fullmatch(i) for i in ids[:10])
+
+
+def test_a_published_message_time_is_its_id_millisecond() -> None:
+    stamps = [stamp() for _ in range(2000)]
+    for mid, when in stamps:
+        since_epoch = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        assert int(mid[:8] + mid[9:13], 16) == since_epoch // dt.timedelta(milliseconds=1)
+        assert when.tzinfo is dt.UTC
+        assert when.microsecond % 1000 == 0
+    # one datetime per millisecond, so a batch's time is formatted once
+    by_ms: dict[dt.datetime, set[int]] = {}
+    for _, when in stamps:
+        by_ms.setdefault(when, set()).add(id(when))
+    assert all(len(ids) == 1 for ids in by_ms.values())
+    # the formatting cache never hands one time's text to another time
+    a, b = stamps[0][1], stamps[-1][1] + dt.timedelta(microseconds=1)
+    for when in (a, b, a, dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC), b):
+        assert envelope.format_time(when) == when.isoformat()
 
 
 def test_envelope_roundtrip_keeps_every_attribute() -> None:

@@ -327,18 +327,22 @@ class Connection:
         return await self.bounded(self._pipeline(ops))
 
     async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
+        client = self.client
+        if isinstance(client, aioredis.Redis):
+            # not a cluster: one node serves every key (no routing per command)
+            return await self._pipeline_on(client, ops)
         by_node: dict[int, tuple[aioredis.Redis, list[int]]] = {}
         for n, op in enumerate(ops):
-            client = self.node((op.key or op.args[1]) if isinstance(op, Command) else op.keys[0])
-            by_node.setdefault(id(client), (client, []))[1].append(n)
+            node = self.node((op.key or op.args[1]) if isinstance(op, Command) else op.keys[0])
+            by_node.setdefault(id(node), (node, []))[1].append(n)
         if len(by_node) == 1:
-            # one node (always, off a cluster): no task per node, no gather
-            ((client, _),) = by_node.values()
-            return await self._pipeline_on(client, ops)
+            # every key on one node: no task per node, no gather
+            ((node, _),) = by_node.values()
+            return await self._pipeline_on(node, ops)
         results: list[Any] = [None] * len(ops)
         parts = list(by_node.values())
         done = await asyncio.gather(
-            *(self._pipeline_on(client, [ops[n] for n in idx]) for client, idx in parts)
+            *(self._pipeline_on(node, [ops[n] for n in idx]) for node, idx in parts)
         )
         for (_, idx), part in zip(parts, done, strict=True):
             for n, result in zip(idx, part, strict=True):
