@@ -79,7 +79,7 @@ class Bus:
         data: object,
         *,
         key: str | None,
-        headers: Mapping[str, str] | None,
+        headers: Mapping[str, str],
         type: str,
         priority: int | None,
         correlation_id: str | None,
@@ -87,6 +87,7 @@ class Bus:
         trace_parent: str | None = None,
         schema_version: str | None = None,
     ) -> Message:
+        """The message to publish; ``headers`` come from :func:`validate_headers`."""
         if priority is not None:
             if (
                 isinstance(priority, bool)
@@ -109,17 +110,21 @@ class Bus:
             content_type,
             schema_version,
             key,
-            validate_headers(headers),
+            headers,
             trace_parent,
             correlation_id,
             causation_id,
             None,  # reply_to: set by request()
             priority,
         )
+        return self._sized(message)
+
+    def _sized(self, message: Message) -> Message:
+        """``message``, once it is known to fit the size limit (else MessageTooLarge)."""
         limit = self._backend.options.max_message_bytes or self._backend.max_message_bytes
         size = encoded_size(message)
         if size > limit:
-            raise MessageTooLarge(size, limit, topic)
+            raise MessageTooLarge(size, limit, message.topic)
         return message
 
     def _check_delay(self, delay: float | None) -> float | None:
@@ -164,7 +169,7 @@ class Bus:
             topic,
             data,
             key=key,
-            headers=headers,
+            headers=validate_headers(headers),
             type=type,
             priority=priority,
             correlation_id=correlation_id,
@@ -191,6 +196,8 @@ class Bus:
         accepted (publish is at-least-once; consumers de-duplicate by id)."""
         self._check_open()
         validate_topic(topic)
+        common = validate_headers(headers)
+        source = self._backend.options.source
         messages = []
         for item in items:
             if isinstance(item, Outgoing):
@@ -199,24 +206,21 @@ class Bus:
                         topic,
                         item.data,
                         key=item.key,
-                        headers=item.headers if item.headers is not None else headers,
+                        headers=common if item.headers is None else validate_headers(item.headers),
                         type=item.type or type,
                         priority=item.priority,
                         correlation_id=item.correlation_id,
                     )
                 )
-            else:
-                messages.append(
-                    self._message(
-                        topic,
-                        item,
-                        key=None,
-                        headers=headers,
-                        type=type,
-                        priority=None,
-                        correlation_id=None,
-                    )
-                )
+                continue
+            # a bare payload: the attributes checked above are all it takes
+            payload, content_type = codec.encode(item)
+            mid, now = stamp()
+            message = assemble(
+                mid, topic, payload, type, source, now, content_type,
+                None, None, common, None, None, None, None, None,
+            )  # fmt: skip
+            messages.append(self._sized(message))
         if messages:
             await self._backend.publish(messages, delay=self._check_delay(delay))
         return [m.id for m in messages]
@@ -345,7 +349,7 @@ class Bus:
             topic,
             data,
             key=key,
-            headers=headers,
+            headers=validate_headers(headers),
             type=type,
             priority=None,
             correlation_id=correlation_id,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Container, Mapping, Sequence
+from types import MappingProxyType
 
 from bus import codec
 from bus.errors import DecodeError, InvalidHeader
@@ -51,6 +52,7 @@ __all__ = [
 
 RESERVED_PREFIXES = ("ce-", "ce_", "bus-")
 _RESERVED_NAMES = frozenset({"content-type", "traceparent"})
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 _OPTIONAL = (
@@ -63,9 +65,10 @@ _OPTIONAL = (
 
 
 def validate_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
-    """Check user headers are ``str -> str`` and not reserved; return them."""
+    """Check user headers are ``str -> str`` and not reserved; return them (a copy,
+    or one shared read-only empty mapping for none)."""
     if not headers:
-        return {}
+        return _NO_HEADERS
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise InvalidHeader(f"headers must be str -> str, got {name!r}: {type(value).__name__}")

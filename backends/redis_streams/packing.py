@@ -37,9 +37,11 @@ def _packing_class(base: type[Any]) -> type[Any]:
     class HiredisPacking(base):  # type: ignore[misc]
         def pack_command(self, *args: Any) -> list[bytes]:
             # Same first-argument rule as redis-py: "CONFIG GET" is two tokens.
+            # (hiredis encodes str arguments as UTF-8 itself, as redis-py does)
             first = args[0]
             if isinstance(first, str):
-                args = (*first.encode().split(), *args[1:])
+                if " " in first:
+                    args = (*first.split(), *args[1:])
             elif isinstance(first, bytes) and b" " in first:
                 args = (*first.split(), *args[1:])
             assert _pack is not None
