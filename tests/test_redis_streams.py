@@ -399,6 +399,38 @@ async def test_delayed_messages_survive_a_restart(private_broker: PrivateBrokerF
 
 
 @pytest.mark.slow
+async def test_a_frozen_server_makes_publish_fail_in_bounded_time_not_hang(
+    private_broker: PrivateBrokerFactory,
+) -> None:
+    """A Redis that keeps its sockets open but answers nothing (SIGSTOP): publish
+    raises BrokerUnavailable once the reply timeout (15 s with operation_timeout=1)
+    has passed, instead of waiting forever. Once the server runs again, the same Bus
+    publishes on a new connection, and every confirmed message is in the stream."""
+    broker = private_broker("redis")
+    topic = _topic("frozen")
+    async with _raw(broker.url) as r:
+        pid = int((await r.info("server"))["process_id"])
+    confirmed: list[str] = []
+    async with bus.connect(broker.url, operation_timeout=1.0) as b:
+        await b.declare(topic, groups=["g"])
+        confirmed += [await b.publish(topic, b"before") for _ in range(5)]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(bus.BrokerUnavailable):
+                await b.publish(topic, b"frozen")
+            took = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert 14.0 <= took < 25.0, f"publish to a frozen server gave up after {took:.1f}s"
+        confirmed += [await b.publish(topic, b"after") for _ in range(5)]
+        async with b.subscribe(topic, group="g") as sub:
+            # the frozen publish may have been stored too (at-least-once): 10 or 11
+            got = await collect_acked(sub, 11, 5)
+    assert set(confirmed) <= {d.message.id for d in got}, "a confirmed message is missing"
+
+
+@pytest.mark.slow
 async def test_restart_twice_while_2000_messages_flow(
     private_broker: PrivateBrokerFactory,
 ) -> None:

@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from bus._redact import redact_url
+from bus._watchdog import Watchdog
 from bus.errors import BrokerUnavailable, BusError, ConfigurationError
 
 from .options import RedisStreamsOptions
@@ -174,6 +175,8 @@ class Connection:
         # so each pipeline, script and multi-stream read goes to one node whole
         # (redis-py's cluster pipeline refuses EVALSHA and would split a pipeline).
         self._nodes: dict[str, aioredis.Redis] = {}
+        # bounds every call by reply_timeout without a timer per call
+        self._watchdog = Watchdog(resolution=0.25)
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -214,6 +217,7 @@ class Connection:
             )
 
     async def close(self) -> None:
+        self._watchdog.close()
         client, self._client = self._client, None
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:
@@ -302,22 +306,24 @@ class Connection:
 
     # -- commands ----------------------------------------------------------------
     async def bounded(self, op: Awaitable[T]) -> T:
-        """Await one redis-py call within :attr:`reply_timeout`; :class:`TimeoutError`
-        (transient) after it. Every call the backend makes goes
+        """Await one redis-py call within :attr:`reply_timeout` (checked every 0.25 s,
+        see :mod:`bus._watchdog`); :class:`TimeoutError` (transient) after it. Every
+        call the backend makes goes
         through here, :meth:`pipeline` or :meth:`script`: the clients have no
         socket timeout of their own. A call cancelled mid-reply makes redis-py drop
         that connection, so no late reply is read by the next command."""
-        async with asyncio.timeout(self.reply_timeout):
-            return await op
+        return await self._watchdog.bound(op, self.reply_timeout)
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` once (EVALSHA, EVAL when the server does not know it yet)."""
-        async with asyncio.timeout(self.reply_timeout):
-            client = self.node(keys[0])
-            try:
-                return await _awaited(client.evalsha(script.sha, len(keys), *keys, *args))
-            except rex.NoScriptError:
-                return await _awaited(client.eval(script.source, len(keys), *keys, *args))
+        return await self.bounded(self._script(script, keys, args))
+
+    async def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self.node(keys[0])
+        try:
+            return await _awaited(client.evalsha(script.sha, len(keys), *keys, *args))
+        except rex.NoScriptError:
+            return await _awaited(client.eval(script.source, len(keys), *keys, *args))
 
     async def pipeline(self, ops: Sequence[Op]) -> list[Any]:
         """Send ``ops`` in one round trip (one per node on a cluster); results in order.
