@@ -16,6 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from bus._redact import redact_url
+from bus._watchdog import Watchdog
 from bus.backend import Backend, BackendSubscription, Start
 from bus.capabilities import Capabilities, Feature, emulated, native, unsupported
 from bus.errors import BrokerUnavailable, BusClosed, BusError, ConfigurationError, PublishError
@@ -128,6 +129,8 @@ class KafkaBackend(Backend):
         self._probe: AIOKafkaConsumer | None = None
         self._probe_lock = asyncio.Lock()
         self._topic_lock = asyncio.Lock()
+        # bounds each send attempt without a timer per publish (see bus._watchdog)
+        self._watchdog = Watchdog()
         self._topics: set[str] = set()
         self._subscriptions: set[BackendSubscription] = set()
         self._broker_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
@@ -311,6 +314,7 @@ class KafkaBackend(Backend):
                 async with asyncio.timeout(5.0):
                     await self._admin.delete_topics([inbox])
         await self._close_clients()
+        self._watchdog.close()
 
     async def _close_clients(self) -> None:
         clients: list[Any] = [self._producer, self._probe, self._admin]
@@ -475,9 +479,7 @@ class KafkaBackend(Backend):
                     f"by kafka at {self.where} within {timeout}s{detail}"
                 )
             try:
-                async with asyncio.timeout(remaining):
-                    await self.ensure_topic(topic)
-                    results = await self._send_once(topic, pending)
+                results = await self._watchdog.bound(self._send_once(topic, pending), remaining)
             except TimeoutError:
                 continue  # reported at the top of the loop
             except BusError:
@@ -517,6 +519,7 @@ class KafkaBackend(Backend):
     async def _send_once(
         self, topic: str, records: Sequence[Outgoing]
     ) -> list[BaseException | None]:
+        await self.ensure_topic(topic)
         producer = self.producer
         futures = [
             await producer.send(topic, r.value, key=r.key, partition=r.partition, headers=r.headers)

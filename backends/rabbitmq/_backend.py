@@ -25,6 +25,7 @@ from backends.rabbitmq._errors import describe, is_connection_trouble, is_inequi
 from backends.rabbitmq._options import RabbitMQOptions
 from backends.rabbitmq._subscription import QueueSpec, RabbitMQSubscription
 from bus._redact import redact_url
+from bus._watchdog import Watchdog
 from bus.backend import Backend, BackendSubscription, Start
 from bus.capabilities import Feature
 from bus.errors import (
@@ -101,6 +102,8 @@ class RabbitMQBackend(Backend):
         self._pub: AbstractRobustChannel | None = None
         self._topo: AbstractRobustChannel | None = None
         self._pub_underlay: aiormq.abc.AbstractChannel | None = None
+        # bounds each publish attempt without a timer per publish (see bus._watchdog)
+        self._watchdog = Watchdog()
         self._closed = False
         self._subscriptions: set[RabbitMQSubscription] = set()
         self._groups: set[str] = set()
@@ -197,6 +200,7 @@ class RabbitMQBackend(Backend):
                 await sub.close()
         for waiter in self._waiters.values():
             waiter.cancel()
+        self._watchdog.close()
         conn, self._connection = self._connection, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -393,17 +397,12 @@ class RabbitMQBackend(Backend):
                     f"within {timeout}s" + (f": {why}" if why else "")
                 )
             try:
-                async with asyncio.timeout(remaining):
-                    channel = await self._publish_channel(pub)
-                    if prepare is not None:
-                        await prepare(channel)
-                    result = await channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=mandatory,
-                    )
+                result = await self._watchdog.bound(
+                    self._publish_once(
+                        pub, exchange, routing_key, body, properties, mandatory, prepare
+                    ),
+                    remaining,
+                )
             except TimeoutError:
                 continue
             except BaseException as exc:
@@ -420,6 +419,27 @@ class RabbitMQBackend(Backend):
                 continue
             assert result is not None
             return result
+
+    async def _publish_once(
+        self,
+        pub: AbstractRobustChannel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        mandatory: bool,
+        prepare: Callable[[aiormq.abc.AbstractChannel], Awaitable[None]] | None,
+    ) -> ConfirmationFrameType | None:
+        channel = await self._publish_channel(pub)
+        if prepare is not None:
+            await prepare(channel)
+        return await channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+        )
 
     async def _publish_channel(self, pub: AbstractRobustChannel) -> aiormq.abc.AbstractChannel:
         """The confirm channel's current underlying channel; waits while reconnecting.
