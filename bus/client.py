@@ -213,7 +213,7 @@ class Bus:
                     )
                 )
                 continue
-            # a bare payload: the attributes checked above are all it takes
+            # a bare payload: no key, priority or ids of its own to check
             payload, content_type = codec.encode(item)
             mid, now = stamp()
             message = assemble(

@@ -33,11 +33,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Container, Mapping, Sequence
-from types import MappingProxyType
 
 from bus import codec
 from bus.errors import DecodeError, InvalidHeader
-from bus.message import Message, assemble
+from bus.message import NO_HEADERS, Message, assemble
 
 __all__ = [
     "RESERVED_PREFIXES",
@@ -52,7 +51,6 @@ __all__ = [
 
 RESERVED_PREFIXES = ("ce-", "ce_", "bus-")
 _RESERVED_NAMES = frozenset({"content-type", "traceparent"})
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 _OPTIONAL = (
@@ -68,7 +66,7 @@ def validate_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
     """Check user headers are ``str -> str`` and not reserved; return them (a copy,
     or one shared read-only empty mapping for none)."""
     if not headers:
-        return _NO_HEADERS
+        return NO_HEADERS
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise InvalidHeader(f"headers must be str -> str, got {name!r}: {type(value).__name__}")

@@ -13,18 +13,40 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 from bus import codec
 
-__all__ = ["Message", "assemble", "deferred"]
+__all__ = ["NO_HEADERS", "Message", "assemble", "deferred"]
 
 T = TypeVar("T")
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+class _NoHeaders(Mapping[str, str]):
+    """The headers of a message that has none: one shared, read-only, empty mapping
+    (equal to ``{}``; unlike an empty ``MappingProxyType`` it pickles, as itself)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name: str) -> str:
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self) -> str:
+        return "NO_HEADERS"  # pickled as a reference to the module's one instance
+
+
+NO_HEADERS: Mapping[str, str] = _NoHeaders()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,7 +68,7 @@ class Message:
     content_type: str = codec.OCTET_STREAM
     schema_version: str | None = None
     key: str | None = None
-    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
     trace_parent: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None

@@ -137,6 +137,22 @@ def test_a_published_message_time_is_its_id_millisecond() -> None:
         assert envelope.format_time(when) == when.isoformat()
 
 
+async def test_messages_without_headers_pickle_and_copy() -> None:
+    """A message with no user headers shares one empty mapping; it pickles (as a job
+    store or a process pool needs) and copies like any message."""
+    built = bus.Message(id="m1", topic="t", data=b"x")
+    async with bus.connect("memory://") as b, b.subscribe("t.pickle", group="g") as sub:
+        await b.publish("t.pickle", b"x")
+        delivered = (await sub.receive(timeout=5)).message
+    for message in (built, delivered):
+        assert message.headers == {}
+        assert repr(message.headers) == "{}"
+        for copied in (pickle.loads(pickle.dumps(message)), copy.deepcopy(message)):
+            assert copied == message
+            assert copied.headers is message.headers
+    assert dict(built.evolve(headers={"a": "b"}).headers) == {"a": "b"}
+
+
 def test_envelope_roundtrip_keeps_every_attribute() -> None:
     message = bus.Message(
         id=uuid7(),
