@@ -56,11 +56,12 @@ class Watchdog:
             self._ticker = loop.create_task(self._tick(loop), name="bus-watchdog")
         try:
             result = await op
-        except asyncio.CancelledError:
-            # ours (the deadline passed) and nobody else's: a timeout, as with
-            # asyncio.timeout(); any other cancellation goes on as it is
+        except BaseException as exc:
+            # Our cancellation (the deadline passed) and nobody else's: a timeout, as
+            # with asyncio.timeout(), also where op turned the cancellation into an
+            # error of its own. Any other cancellation goes on as it is.
             if call.expired and task.uncancel() == 0:
-                raise TimeoutError(f"no result within {timeout}s") from None
+                raise TimeoutError(f"no result within {timeout}s") from exc
             raise
         finally:
             self._calls.discard(call)

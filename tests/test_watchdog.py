@@ -72,6 +72,22 @@ async def test_an_operation_that_absorbs_the_cancellation_leaves_the_task_uncanc
     dog.close()
 
 
+async def test_an_operation_that_turns_the_cancellation_into_an_error_times_out() -> None:
+    dog = Watchdog(resolution=0.02)
+
+    async def translating() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionError("dropped mid-reply") from None
+
+    with pytest.raises(TimeoutError) as info:
+        await dog.bound(translating(), 0.05)
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    dog.close()
+
+
 def test_resolution_must_be_positive() -> None:
     with pytest.raises(ValueError, match="resolution"):
         Watchdog(resolution=0)
