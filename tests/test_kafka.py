@@ -193,6 +193,52 @@ async def test_foreign_record_is_delivered_not_wedged(kafka_broker: Broker) -> N
     assert list(got) == [ours]
 
 
+async def test_publish_many_writes_record_batches_split_by_size_keeping_key_order(
+    kafka_broker: Broker,
+) -> None:
+    """publish_many appends the records to one batch per partition and submits whole
+    batches (16 KiB here, so 150 records of ~1.5 KiB and one of 64 KiB go out as many
+    batches): every record arrives once, a key's records stay in the partition a single
+    publish of that key uses and in publication order, and the records without a key
+    of one call share one partition."""
+    topic = _topic("batches")
+    payload = os.urandom(1500)
+    items: list[object] = [bus.Outgoing(payload, key=f"k{i % 6}") for i in range(120)]
+    items.insert(60, bus.Outgoing(os.urandom(64 * 1024), key="k0"))  # larger than a batch
+    async with bus.connect(kafka_broker.url, partitions=3, max_batch_bytes=16 * 1024) as b:
+        ids = await b.publish_many(topic, items)
+        ids += await b.publish_many(topic, [payload] * 30)  # no key
+        singles = {f"k{k}": await b.publish(topic, payload, key=f"k{k}") for k in range(6)}
+    expected = len(ids) + len(singles)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=_bootstrap(kafka_broker), auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    got: list[tuple[int, bytes | None, str]] = []  # (partition, key, id) in offset order
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for r in records:
+                    got.append((tp.partition, r.key, dict(r.headers)["ce_id"].decode()))
+    finally:
+        await consumer.stop()
+    assert sorted(i for _, _, i in got) == sorted([*ids, *singles.values()])  # each once
+    for k in range(6):
+        key = f"k{k}".encode()
+        lane = [(p, i) for p, rk, i in got if rk == key]
+        assert len({p for p, _ in lane}) == 1, f"key {key!r} spread over partitions"
+        batched = [i for _, i in lane if i != singles[f"k{k}"]]
+        assert batched == [i for i, item in zip(ids, items, strict=False) if _key(item) == key]
+        assert lane[-1][1] == singles[f"k{k}"]  # the single publish: same partition, after
+    assert len({p for p, rk, _ in got if rk is None}) == 1
+
+
+def _key(item: object) -> bytes | None:
+    return item.key.encode() if isinstance(item, bus.Outgoing) and item.key else None
+
+
 async def test_group_and_broadcast_start_after_a_multi_record_batch(
     kafka_broker: Broker,
 ) -> None:

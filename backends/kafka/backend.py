@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,7 +24,8 @@ from bus.options import BackendOptions
 
 from .config import ClusterConfig, parse_url
 from .options import KafkaOptions
-from .records import NOT_BEFORE, RecordHeaders, encode_headers
+from .records import NOT_BEFORE, encode_headers
+from .writes import Outgoing, send_batches
 
 __all__ = ["CAPABILITIES", "DEFAULT_MESSAGE_MAX_BYTES", "KafkaBackend", "group_id"]
 
@@ -96,16 +96,6 @@ def group_id(topic: str, group: str) -> str:
     ``:`` is outside the topic grammar, so the id is unambiguous.
     """
     return f"{topic}:{group}"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One record to write (a message, or a redelivery copy of a record)."""
-
-    value: bytes | None
-    key: bytes | None
-    headers: RecordHeaders
-    partition: int | None = None
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -521,6 +511,8 @@ class KafkaBackend(Backend):
     ) -> list[BaseException | None]:
         await self.ensure_topic(topic)
         producer = self.producer
+        if len(records) > 1:
+            return await send_batches(producer, topic, records)
         futures = [
             await producer.send(topic, r.value, key=r.key, partition=r.partition, headers=r.headers)
             for r in records

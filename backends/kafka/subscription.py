@@ -52,8 +52,9 @@ from bus.delivery import Delivery
 from bus.errors import BusError
 from bus.message import Message
 
-from .backend import Outgoing, group_id
+from .backend import group_id
 from .records import ATTEMPT, GROUP, NOT_BEFORE, to_message
+from .writes import Outgoing
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
