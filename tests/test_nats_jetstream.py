@@ -189,6 +189,28 @@ async def test_publish_is_idempotent_by_message_id(nats_broker: Broker) -> None:
         await backend.api.delete_stream(backend.names.stream(topic), 5)
 
 
+async def test_publish_many_into_a_vanished_stream_recreates_it_and_stores_each_once(
+    nats_broker: Broker,
+) -> None:
+    """The stream of a topic deleted behind the bus's back: a publish_many of 300 gets
+    no-responders replies on its PubAck inboxes, recreates the stream and publishes
+    again; every message is stored once, in order, and the next batch goes straight
+    through."""
+    topic = _topic("vanished")
+    async with _connect(nats_broker.url) as b:
+        backend = _backend(b)
+        stream = backend.names.stream(topic)
+        await b.declare(topic)
+        await backend.api.delete_stream(stream, 5)
+        ids = await b.publish_many(topic, [f"m{i}" for i in range(300)])
+        ids += await b.publish_many(topic, [f"n{i}" for i in range(300)])
+        assert (await backend.api.stream_info(stream, 5))["state"]["messages"] == 600
+        async with b.subscribe(topic, start="earliest") as sub:
+            got = [await sub.receive(timeout=10) for _ in range(600)]
+        assert [d.message.id for d in got] == ids
+        await backend.api.delete_stream(stream, 5)
+
+
 async def test_headers_that_nats_cannot_carry_roundtrip(nats_broker: Broker) -> None:
     """Edge whitespace, line breaks and Nats-* names travel escaped and come back
     exactly; a user header named Nats-Rollup does not reach the server as such."""

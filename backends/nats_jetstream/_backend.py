@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import Header
 
 from backends.nats_jetstream import _wire
+from backends.nats_jetstream._acks import Item, PubAcks
 from backends.nats_jetstream._api import (
     CONSUMER_NOT_FOUND,
     STREAM_NAME_IN_USE,
@@ -38,6 +40,7 @@ from backends.nats_jetstream._options import NatsJetStreamOptions
 from backends.nats_jetstream._pull import Puller
 from backends.nats_jetstream._subscription import NatsSubscription
 from bus._redact import redact_url
+from bus._watchdog import Watchdog
 from bus.backend import Backend, BackendSubscription, Start
 from bus.errors import (
     BrokerUnavailable,
@@ -72,8 +75,6 @@ _CONFIG_ERRORS = {
     10074: "replicas > 1 needs a JetStream cluster",
 }
 _JETSTREAM_NOT_ENABLED = {10039, 10076}
-
-Item = tuple[dict[str, str], bytes]
 
 
 def parse_url(
@@ -149,6 +150,30 @@ class _Outcome:
 _NO_STREAM = _Outcome("no stream captures the subject", missing=True)
 
 
+def _judge(reply: Msg | None, subject: str, timeout: float) -> _Outcome | None:
+    """None when ``reply`` is the PubAck of a stored (or duplicate) message, else why
+    the publish needs another attempt; raises PublishError when the stream refused it
+    for good."""
+    if reply is None:
+        return _Outcome(f"no PubAck within {timeout:.1f}s")
+    if reply.headers and reply.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
+        return _NO_STREAM
+    body = reply.data
+    if body[:1] == b"{" and b'"error"' not in body:
+        return None  # {"stream": ..., "seq": ...}: stored (parsing it is 1/4 of a publish)
+    try:
+        ack = json.loads(body)
+    except ValueError:
+        return _Outcome("malformed PubAck")
+    error = ack.get("error") if isinstance(ack, dict) else None
+    if error:
+        description = str(error.get("description", "error"))
+        if int(error.get("code", 0)) == 503:
+            return _Outcome(description)
+        raise PublishError(f"JetStream rejected a message on {subject!r}: {description}")
+    return None
+
+
 class NatsJetStreamBackend(Backend):
     scheme = "nats"
     capabilities = CAPABILITIES
@@ -171,6 +196,9 @@ class NatsJetStreamBackend(Backend):
         self.names = Names(opts.subject_prefix, opts.stream_prefix)
         self._nc: Client | None = None
         self._api: JetStreamApi | None = None
+        self._acks: PubAcks | None = None
+        # bounds the wait for a window's PubAcks without a timer per publish
+        self._watchdog = Watchdog()
         self._closed = False
         self._streams: dict[str, str] = {}
         self._durables: set[tuple[str, str]] = set()
@@ -192,6 +220,12 @@ class NatsJetStreamBackend(Backend):
         if self._nc is None or self._closed:
             raise BusClosed(f"NATS backend for {self.redacted} is not connected")
         return self._nc
+
+    @property
+    def acks(self) -> PubAcks:
+        if self._acks is None or self._closed:
+            raise BusClosed(f"NATS backend for {self.redacted} is not connected")
+        return self._acks
 
     @property
     def api(self) -> JetStreamApi:
@@ -292,6 +326,7 @@ class NatsJetStreamBackend(Backend):
             ) from exc
         self._connected_once = True
         self._api = JetStreamApi(nc)
+        self._acks = PubAcks(nc, self._watchdog)
         await self._check_jetstream(deadline)
 
     async def _check_jetstream(self, deadline: float) -> None:
@@ -340,6 +375,9 @@ class NatsJetStreamBackend(Backend):
             waiter.cancel()
         self._waiters.clear()
         self._closed = True
+        if self._acks is not None:
+            await self._acks.close()
+        self._watchdog.close()
         timeout = min(5.0, self.options.operation_timeout)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
@@ -614,35 +652,21 @@ class NatsJetStreamBackend(Backend):
             self.names.subject(topic), items, lambda: self.ensure_stream(topic, force=True)
         )
 
-    async def _attempt(self, subject: str, item: Item, timeout: float) -> _Outcome | None:
-        """One publish; None once the PubAck says stored (or duplicate)."""
-        headers, data = item
+    async def _attempts(
+        self, subject: str, items: Sequence[Item], timeout: float
+    ) -> list[_Outcome | None]:
+        """One publish of each item; per item None once its PubAck says stored (or
+        duplicate), else why it needs another attempt."""
         try:
-            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            return _NO_STREAM
-        except (TimeoutError, nats.errors.TimeoutError):
-            return _Outcome(f"no PubAck within {timeout:.1f}s")
+            replies = await self.acks.publish(subject, items, timeout)
         except nats.errors.ConnectionClosedError:
             raise BusClosed(f"the connection to {self.redacted} is closed") from None
         except nats.errors.MaxPayloadError:
-            raise MessageTooLarge(len(data), self.max_message_bytes, subject) from None
+            size = max(len(data) for _, data in items)
+            raise MessageTooLarge(size, self.max_message_bytes, subject) from None
         except nats.errors.Error as exc:  # buffer full while reconnecting, ...
-            return _Outcome(type(exc).__name__)
-        body = msg.data
-        if body[:1] == b"{" and b'"error"' not in body:
-            return None  # {"stream": ..., "seq": ...}: stored (parsing it is 1/4 of a publish)
-        try:
-            ack = json.loads(body)
-        except ValueError:
-            return _Outcome("malformed PubAck")
-        error = ack.get("error") if isinstance(ack, dict) else None
-        if error:
-            description = str(error.get("description", "error"))
-            if int(error.get("code", 0)) == 503:
-                return _Outcome(description)
-            raise PublishError(f"JetStream rejected a message on {subject!r}: {description}")
-        return None
+            return [_Outcome(type(exc).__name__)] * len(items)
+        return [_judge(reply, subject, timeout) for reply in replies]
 
     async def _confirm(
         self, subject: str, items: Sequence[Item], ensure: Callable[[], Awaitable[str]]
@@ -653,8 +677,8 @@ class NatsJetStreamBackend(Backend):
         if len(items) == 1:
             # the common single publish: one attempt without the window machinery
             # below (a tenth of a publish's CPU); on failure it joins the retry loop
-            first = await self._attempt(
-                subject, items[0], min(self.options.operation_timeout, _ATTEMPT_TIMEOUT)
+            (first,) = await self._attempts(
+                subject, items, min(self.options.operation_timeout, _ATTEMPT_TIMEOUT)
             )
             if first is None:
                 return
@@ -673,12 +697,7 @@ class NatsJetStreamBackend(Backend):
                 attempt = min(remaining, _ATTEMPT_TIMEOUT)
                 for start in range(0, len(pending), _WINDOW):
                     window = pending[start : start + _WINDOW]
-                    if len(window) == 1:
-                        outcomes = [await self._attempt(subject, window[0], attempt)]
-                    else:
-                        outcomes = await asyncio.gather(
-                            *(self._attempt(subject, item, attempt) for item in window)
-                        )
+                    outcomes = await self._attempts(subject, window, attempt)
                     for item, outcome in zip(window, outcomes, strict=True):
                         if outcome is not None:
                             retry.append(item)
