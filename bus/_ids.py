@@ -8,7 +8,7 @@ counter (RFC 9562, method 1), so ids sort by creation time.
 reading: the time is the id's millisecond, so a message's ``time`` and the time
 in its id agree, and every message stamped within one millisecond shares one
 ``datetime`` object (which lets the encoders format it once, see
-:func:`bus.envelope.to_headers`).
+:func:`bus.envelope.format_time`).
 """
 
 from __future__ import annotations

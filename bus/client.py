@@ -117,14 +117,10 @@ class Bus:
             None,  # reply_to: set by request()
             priority,
         )
-        return self._sized(message)
-
-    def _sized(self, message: Message) -> Message:
-        """``message``, once it is known to fit the size limit (else MessageTooLarge)."""
         limit = self._backend.options.max_message_bytes or self._backend.max_message_bytes
         size = encoded_size(message)
         if size > limit:
-            raise MessageTooLarge(size, limit, message.topic)
+            raise MessageTooLarge(size, limit, topic)
         return message
 
     def _check_delay(self, delay: float | None) -> float | None:
@@ -197,7 +193,6 @@ class Bus:
         self._check_open()
         validate_topic(topic)
         common = validate_headers(headers)
-        source = self._backend.options.source
         messages = []
         for item in items:
             if isinstance(item, Outgoing):
@@ -212,15 +207,18 @@ class Bus:
                         correlation_id=item.correlation_id,
                     )
                 )
-                continue
-            # a bare payload: no key, priority or ids of its own to check
-            payload, content_type = codec.encode(item)
-            mid, now = stamp()
-            message = assemble(
-                mid, topic, payload, type, source, now, content_type,
-                None, None, common, None, None, None, None, None,
-            )  # fmt: skip
-            messages.append(self._sized(message))
+            else:
+                messages.append(
+                    self._message(
+                        topic,
+                        item,
+                        key=None,
+                        headers=common,
+                        type=type,
+                        priority=None,
+                        correlation_id=None,
+                    )
+                )
         if messages:
             await self._backend.publish(messages, delay=self._check_delay(delay))
         return [m.id for m in messages]

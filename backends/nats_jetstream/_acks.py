@@ -51,6 +51,14 @@ class PubAcks:
         if future is not None and not future.done():
             future.set_result(msg)
 
+    async def open(self) -> None:
+        """Subscribe the wildcard inbox (once, at connect: the client resubscribes it
+        after a reconnect, like any subscription)."""
+        if self._sub is None:
+            prefix = self._nc.new_inbox()
+            self._sub = await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+            self._prefix = f"{prefix}."
+
     async def publish(
         self, subject: str, items: Sequence[Item], timeout: float
     ) -> list[Msg | None]:
@@ -59,11 +67,7 @@ class PubAcks:
         ``timeout``. Errors of ``Client.publish`` (closed connection, payload too
         large, buffer full while reconnecting) propagate; what was published before
         may be stored."""
-        if self._sub is None:
-            prefix = self._nc.new_inbox()
-            # resubscribed by the client after a reconnect, like any subscription
-            self._sub = await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
-            self._prefix = f"{prefix}."
+        assert self._sub is not None, "PubAcks.open() first"
         loop = asyncio.get_running_loop()
         publish, waiting = self._nc.publish, self._waiting
         inboxes: list[str] = []

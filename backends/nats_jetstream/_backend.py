@@ -327,6 +327,7 @@ class NatsJetStreamBackend(Backend):
         self._connected_once = True
         self._api = JetStreamApi(nc)
         self._acks = PubAcks(nc, self._watchdog)
+        await self._acks.open()
         await self._check_jetstream(deadline)
 
     async def _check_jetstream(self, deadline: float) -> None:

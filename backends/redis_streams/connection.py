@@ -308,10 +308,10 @@ class Connection:
     async def bounded(self, op: Awaitable[T]) -> T:
         """Await one redis-py call within :attr:`reply_timeout` (checked every 0.25 s,
         see :mod:`bus._watchdog`); :class:`TimeoutError` (transient) after it. Every
-        call the backend makes goes
-        through here, :meth:`pipeline` or :meth:`script`: the clients have no
-        socket timeout of their own. A call cancelled mid-reply makes redis-py drop
-        that connection, so no late reply is read by the next command."""
+        call the backend makes goes through here, :meth:`pipeline` or :meth:`script`:
+        the clients have no socket timeout of their own. A call cancelled mid-reply
+        makes redis-py drop that connection, so no late reply is read by the next
+        command."""
         return await self._watchdog.bound(op, self.reply_timeout)
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
