@@ -5,10 +5,14 @@ structure and that the report and charts are written; no timing assertions."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile
@@ -159,6 +163,41 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert "Of the 1 that did not, 0 moved less than 10%" in text
     assert "Answers of the decision table: 1 of 3 the same, 2 consistent" in text
     assert f"about {100 * chance_share(3):.0f}%" in text
+
+
+def test_cost_meter_measures_a_process_tree(tmp_path: Path) -> None:
+    """CPU and peak RSS of a process and its child, the child's memory included."""
+    psutil = pytest.importorskip("psutil")
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    # the child holds 150 MiB (touched, so resident); the parent burns CPU until told
+    child = (
+        "import pathlib,sys,time; b=bytearray(150*2**20); b[::4096]=bytes(len(b[::4096]));"
+        "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+    )
+    parent = (
+        "import os,subprocess,sys\n"
+        "c=subprocess.Popen([sys.executable,'-c',sys.argv[1],sys.argv[2]])\n"
+        "while not os.path.exists(sys.argv[3]): pass\n"
+        "c.kill()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent, child, str(ready), str(stop)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the child never allocated"
+            time.sleep(0.02)
+        meter = CostMeter(psutil.Process(proc.pid), interval=0.05)
+        with meter:
+            time.sleep(0.5)
+        assert meter.sample is not None
+        assert meter.sample.peak_rss_mb >= 150
+        assert meter.sample.cpu_s >= 0.1
+    finally:
+        stop.touch()
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
 
 
 def test_chance_share_is_the_ceiling_of_random_variation() -> None:
