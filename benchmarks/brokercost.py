@@ -5,8 +5,8 @@ a :class:`CostMeter` takes the process's CPU times before and after and samples
 its resident memory from a background thread (every 100 ms, so the hot path of
 the benchmark is untouched; the process tree is listed once per workload, since
 listing it scans every process on the machine). A child the broker starts during
-a workload counts towards its CPU but not towards its peak memory. Brokers elsewhere, or processes we may not inspect,
-simply have no cost figures.
+a workload counts towards its CPU but not towards its peak memory. Brokers
+elsewhere, or processes we may not inspect, simply have no cost figures.
 
 On a shared broker the figures include whatever other clients made the broker do
 during the workload; the report says so.

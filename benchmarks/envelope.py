@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmarks.config import profile
+from benchmarks.config import profile, session_timeout_for
 from benchmarks.drivers.base import Driver
 from benchmarks.runner import library_factory, plan_urls
 
@@ -68,7 +68,8 @@ def _raw(backend: str, url: str, *, enveloped: bool) -> Driver:
     if backend == "kafka":
         from benchmarks.drivers.raw_kafka import KafkaRawDriver
 
-        return KafkaRawDriver(backend, url, config.kafka, enveloped=enveloped)
+        kafka = session_timeout_for(config.kafka, "")  # it only publishes
+        return KafkaRawDriver(backend, url, kafka, enveloped=enveloped)
     raise ValueError(f"no envelope comparison for {backend!r} (only {', '.join(KINDS)})")
 
 

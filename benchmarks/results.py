@@ -29,6 +29,9 @@ class TargetResult(pydantic.BaseModel):
     broker: dict[str, Any] = pydantic.Field(default_factory=dict)
     settings: dict[str, Any] = pydantic.Field(default_factory=dict)
     duration_s: float = 0.0
+    """Wall time of the backend's rounds (both sides: they alternate)."""
+    workload_s: dict[str, float] = pydantic.Field(default_factory=dict)
+    """This side's own wall time per workload, over every round, clean-up included."""
 
 
 class PointResult(pydantic.BaseModel):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from benchmarks.brokercost import find_listener
-from benchmarks.config import BenchConfig
+from benchmarks.config import BenchConfig, session_timeout_for
 from benchmarks.drivers.base import Driver, Side
 from benchmarks.environment import describe_environment, load_average
 from benchmarks.progress import Progress
@@ -176,7 +176,8 @@ def shared_options(backend: str, url: str, config: BenchConfig) -> dict[str, Any
         fields = set(resolve(url).Options.model_fields)
     except Exception:  # the backend may not be installed yet
         return {}
-    return {name: value for name, value in section.items() if name in fields}
+    # None: decided per broker (or the backend's default where the run did not)
+    return {name: v for name, v in section.items() if name in fields and v is not None}
 
 
 def library_factory(backend: str, url: str, config: BenchConfig) -> Callable[[], Driver]:
@@ -285,6 +286,17 @@ async def _open_backend(
     """Connect both sides of ``plan`` (None when the backend is not measured)."""
     from bus import redact_url
 
+    port = plan.local_port
+    proc = find_listener(port) if port and not plan.reason else None
+    broker: dict[str, Any] = {"local": proc is not None}
+    if plan.backend == "memory":
+        broker = {"implementation": "in-process (backends.memory)", "local": True}
+    elif proc is not None:
+        broker.update(_broker_info_from_process(proc))
+    if plan.backend == "kafka":
+        kafka = session_timeout_for(config.kafka, str(broker.get("implementation", "")))
+        config = config.model_copy(update={"kafka": kafka})
+
     sides: list[_Side] = []
     raw = raw_factory(plan.backend, plan.url, config) if config.raw else None
     if raw is not None:
@@ -323,14 +335,6 @@ async def _open_backend(
         progress.done += len(sides) * sum(len(c.workloads) for c in round_configs(config))
         progress.note(f"{plan.backend}: not measured: {plan.reason.splitlines()[0]}")
         return None
-
-    port = plan.local_port
-    proc = find_listener(port) if port else None
-    broker: dict[str, Any] = {"local": proc is not None}
-    if plan.backend == "memory":
-        broker = {"implementation": "in-process (backends.memory)", "local": True}
-    elif proc is not None:
-        broker.update(_broker_info_from_process(proc))
 
     for side in sides:
         driver = side.factory()
@@ -390,6 +394,7 @@ async def _run_round(
                 sizing=b.sizing,
             )
             func = WORKLOAD_FUNCS[workload]
+            began = time.monotonic()
             try:
                 async with asyncio.timeout(round_config.workload_timeout_s * 2):
                     result = await func(ctx)
@@ -399,6 +404,9 @@ async def _run_round(
             finally:
                 await ctx.aclose()
                 await _cleanup(ctx, side, b.purger, b.plan.backend, progress)
+                spent_here = side.target.workload_s.get(workload, 0.0)
+                spent_here += time.monotonic() - began
+                side.target.workload_s[workload] = round(spent_here, 1)
             b.collected[side.target.id].extend(result)
             progress.finish(_headline(result))
     spent = time.monotonic() - started

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
-from benchmarks.config import apply_overrides, profile
+from benchmarks.config import apply_overrides, profile, session_timeout_for
 from benchmarks.results import PointResult, Results
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
@@ -55,6 +55,16 @@ def test_quick_profile_overrides_are_validated() -> None:
         apply_overrides(config, ["consume_ack.nope=1"])
     with pytest.raises(ValueError):
         apply_overrides(config, ["consume_ack.count=-1"])
+
+
+def test_kafka_session_timeout_is_decided_by_the_broker() -> None:
+    kafka = profile("quick").kafka
+    assert kafka.session_timeout_ms is None
+    tansu = "Tansu (Kafka protocol, memory storage)"
+    assert session_timeout_for(kafka, tansu).session_timeout_ms == 2000
+    assert session_timeout_for(kafka, "Kafka protocol").session_timeout_ms == 6000
+    chosen = apply_overrides(profile("quick"), ["kafka.session_timeout_ms=10000"]).kafka
+    assert session_timeout_for(chosen, tansu).session_timeout_ms == 10000
 
 
 def test_rounds_split_the_runs_and_merge_them_back() -> None:
