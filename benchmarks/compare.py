@@ -57,6 +57,9 @@ class Comparison:
     """(workload profile, previous winner, this run's winner) of the decision table."""
     runs: int = 0
     """Measured runs per figure (the median over figures) in this run."""
+    probe_change: float | None = None
+    """How much faster (+) or slower (-) the machine's CPU probe ran in this run than
+    in the previous one (medians; None when either run has no probe)."""
 
     @property
     def reproduced(self) -> int:
@@ -77,6 +80,12 @@ class Comparison:
             lines.append(
                 f"Of the {len(missed)} that did not, {small} moved less than 10% (steady "
                 "figures with a narrow min-max miss it by a small drift)."
+            )
+        if self.probe_change is not None:
+            lines.append(
+                f"The machine itself: its CPU probe ran {100 * self.probe_change:+.0f}% "
+                "against the previous run (the same fixed pure-Python loop; a shared "
+                "machine's speed moves every figure, on both sides alike)."
             )
         if self.runs > 1:
             lines.append(
@@ -173,4 +182,9 @@ def compare(
             deltas.append(Delta(p.target, p.workload, params, metric, o.median, s.median, within))
     counts = [len(s.runs) for p in current.points if p.error is None for s in p.metrics.values()]
     runs = int(statistics.median(counts)) if counts else 0
-    return Comparison(previous_name, deltas, list(decisions), runs)
+    probe_change = None
+    if previous.probes and current.probes:
+        before = statistics.median(p.items_s for p in previous.probes)
+        after = statistics.median(p.items_s for p in current.probes)
+        probe_change = after / before - 1 if before else None
+    return Comparison(previous_name, deltas, list(decisions), runs, probe_change)

@@ -13,7 +13,7 @@ import pydantic
 
 from benchmarks.stats import Summary
 
-__all__ = ["RATIO_TARGETS", "PointResult", "Ratio", "Results", "TargetResult"]
+__all__ = ["RATIO_TARGETS", "PointResult", "Probe", "Ratio", "Results", "TargetResult"]
 
 SCHEMA = "bus-bench/1"
 
@@ -87,6 +87,15 @@ RATIO_TARGETS: dict[str, tuple[str, Literal["higher", "lower"], float, dict[str,
 }
 
 
+class Probe(pydantic.BaseModel):
+    """One reading of the machine's speed (:mod:`benchmarks.probe`), taken before a
+    backend's pass of a round."""
+
+    backend: str
+    round: int
+    items_s: float
+
+
 class Results(pydantic.BaseModel):
     schema_: str = pydantic.Field(default=SCHEMA, alias="schema")
     profile: str
@@ -98,6 +107,8 @@ class Results(pydantic.BaseModel):
     targets: list[TargetResult] = pydantic.Field(default_factory=list)
     points: list[PointResult] = pydantic.Field(default_factory=list)
     ratios: list[Ratio] = pydantic.Field(default_factory=list)
+    probes: list[Probe] = pydantic.Field(default_factory=list)
+    """The machine's speed before each backend's pass of each round."""
 
     model_config = pydantic.ConfigDict(populate_by_name=True)
 

@@ -26,8 +26,16 @@ from benchmarks.brokercost import find_listener
 from benchmarks.config import BenchConfig, session_timeout_for
 from benchmarks.drivers.base import Driver, Side
 from benchmarks.environment import describe_environment, load_average
+from benchmarks.probe import cpu_probe
 from benchmarks.progress import Progress
-from benchmarks.results import RATIO_TARGETS, PointResult, Ratio, Results, TargetResult
+from benchmarks.results import (
+    RATIO_TARGETS,
+    PointResult,
+    Probe,
+    Ratio,
+    Results,
+    TargetResult,
+)
 from benchmarks.stats import summarize
 from benchmarks.workloads import WORKLOAD_FUNCS, Context, Point
 
@@ -575,6 +583,7 @@ async def run_benchmarks(
     run_id = secrets.token_hex(3)
     targets: list[TargetResult] = []
     points: list[PointResult] = []
+    probes: list[Probe] = []
     # Rounds are the outer loop: a figure's runs are split over passes through every
     # backend, minutes apart, so its spread holds the machine's drift over the whole
     # run (a broker's speed moves between minutes; back-to-back runs hide that).
@@ -587,6 +596,7 @@ async def run_benchmarks(
         rounds = round_configs(config)
         for round_index, round_config in enumerate(rounds):
             for b in backends:
+                probes.append(Probe(backend=b.plan.backend, round=round_index, items_s=cpu_probe()))
                 await _run_round(b, round_config, round_index, len(rounds), run_id, progress)
     finally:
         for b in backends:
@@ -602,4 +612,5 @@ async def run_benchmarks(
         targets=targets,
         points=points,
         ratios=compute_ratios(points),
+        probes=probes,
     )

@@ -16,7 +16,7 @@ from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile, session_timeout_for
-from benchmarks.results import PointResult, Results
+from benchmarks.results import PointResult, Probe, Results
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
 from benchmarks.workloads import Context, Point
@@ -173,6 +173,12 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert "Of the 1 that did not, 0 moved less than 10%" in text
     assert "Answers of the decision table: 1 of 3 the same, 2 consistent" in text
     assert f"about {100 * chance_share(3):.0f}%" in text
+    assert comparison.probe_change is None  # neither run has probe readings
+    before.probes = [Probe(backend="redis", round=r, items_s=v) for r, v in ((0, 2e6), (1, 2e6))]
+    after.probes = [Probe(backend="redis", round=0, items_s=3e6)]
+    comparison = compare(before, after, "before.json", decisions)
+    assert comparison.probe_change == pytest.approx(0.5)
+    assert "its CPU probe ran +50% against the previous run" in comparison.markdown()
 
 
 def test_cost_meter_measures_a_process_tree(tmp_path: Path) -> None:
@@ -288,6 +294,11 @@ def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> N
     assert counts["redis/raw"] == counts["redis/bus"]
     assert 60 <= counts["redis/raw"] <= 4 * 60
     assert any(r.workload == "consume_ack" and r.backend == "redis" for r in results.ratios)
+    # one machine-speed reading per backend and round, before the backend's pass
+    assert sorted((p.backend, p.round) for p in results.probes) == [
+        (b, r) for b in ("memory", "redis") for r in (0, 1)
+    ]
+    assert all(p.items_s > 0 for p in results.probes)
     latency = results.find("redis", "raw", "latency", rate=200)[0]
     assert {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"} <= set(latency.metrics)
     assert latency.curve_ms
