@@ -807,7 +807,6 @@ def _noise(results: Results) -> tuple[str, str]:
         f"Other processes used a median {statistics.median(values):.0f}% "
         f"(max {max(values):.0f}%) of the machine's CPU during the timed runs."
     )
-
     rows = [
         [
             target,
