@@ -47,9 +47,12 @@ class KafkaOptions(BackendOptions):
 
     # -- consumer ----------------------------------------------------------------
     fetch_max_wait_ms: int = pydantic.Field(default=20, ge=0, le=60_000)
-    """How long the broker holds a fetch open waiting for data. The end-to-end latency
-    follows it: the Kafka default 500 ms gives ~150 ms p50 here, 10-20 ms gives a few
-    ms, at the price of more idle fetch requests."""
+    """How long the broker may hold a fetch that finds no data. Tansu holds it that
+    long even when a record arrives, so there the end-to-end latency follows it (p50
+    8 / 23 / 132 ms at 20 / 100 / 500 ms) and an idle subscription costs one fetch
+    per wait (4.2 / 1.2 / 0.8 % of a core). Apache Kafka answers a held fetch as soon
+    as data arrives, so on Kafka itself a longer wait (e.g. 500) spares the idle
+    fetches without the latency."""
     session_timeout_ms: int = pydantic.Field(default=6_000, ge=1_000, le=3_600_000)
     """A group member silent this long is dead: its partitions (and what it held
     un-acked) go to the other members. 6 s is Kafka's default minimum
