@@ -3,9 +3,9 @@
 The broker process is found by its listening port (``psutil``); for each workload
 a :class:`CostMeter` takes the process's CPU times before and after and samples
 its resident memory from a background thread (every 100 ms, so the hot path of
-the benchmark is untouched; the process tree is listed once per workload, since
+the benchmark is untouched; the process tree is listed only at each end, since
 listing it scans every process on the machine). A child the broker starts during
-a workload counts towards its CPU but not towards its peak memory. Brokers
+a workload counts towards its CPU, and towards its memory only at the end. Brokers
 elsewhere, or processes we may not inspect, simply have no cost figures.
 
 On a shared broker the figures include whatever other clients made the broker do
@@ -44,21 +44,21 @@ def find_listener(port: int) -> Any | None:
     return None
 
 
-def _cpu_seconds(proc: Any) -> float:
-    times = proc.cpu_times()
+def _tree(proc: Any) -> list[Any]:
+    """The process and its descendants (a scan of every process: milliseconds)."""
+    return [proc, *proc.children(recursive=True)]
+
+
+def _cpu_seconds(procs: list[Any]) -> float:
+    times = procs[0].cpu_times()
     total = float(times.user + times.system)
-    for child in proc.children(recursive=True):
+    for child in procs[1:]:
         try:
             ct = child.cpu_times()
             total += float(ct.user + ct.system)
         except Exception:
-            continue
+            continue  # exited since the tree was read
     return total
-
-
-def _tree(proc: Any) -> list[Any]:
-    """The process and its descendants (a scan of every process: milliseconds)."""
-    return [proc, *proc.children(recursive=True)]
 
 
 def _rss(procs: list[Any]) -> int:
@@ -129,8 +129,8 @@ class CostMeter:
         if self.proc is None:
             return self
         try:
-            self._cpu0 = _cpu_seconds(self.proc)
             self._procs = _tree(self.proc)
+            self._cpu0 = _cpu_seconds(self._procs)
             self._peak = _rss(self._procs)
         except Exception:
             self.proc = None
@@ -159,8 +159,9 @@ class CostMeter:
         if self._thread is not None:
             self._thread.join()
         try:
-            cpu = _cpu_seconds(self.proc) - self._cpu0
-            self._peak = max(self._peak, _rss(_tree(self.proc)))
+            procs = _tree(self.proc)  # children started during the block count too
+            cpu = _cpu_seconds(procs) - self._cpu0
+            self._peak = max(self._peak, _rss(procs))
         except Exception:
             return None
         self.sample = CostSample(round(cpu, 3), round(self._peak / 2**20, 1))
