@@ -26,6 +26,7 @@ from benchmarks.brokercost import find_listener
 from benchmarks.config import BenchConfig, session_timeout_for
 from benchmarks.drivers.base import Driver, Side
 from benchmarks.environment import describe_environment, load_average
+from benchmarks.pollidle import PollIdle
 from benchmarks.probe import cpu_probe
 from benchmarks.progress import Progress
 from benchmarks.results import (
@@ -588,19 +589,24 @@ async def run_benchmarks(
     # backend, minutes apart, so its spread holds the machine's drift over the whole
     # run (a broker's speed moves between minutes; back-to-back runs hide that).
     backends: list[_Backend] = []
-    try:
-        for plan in plans:
-            opened = await _open_backend(plan, config, progress, targets)
-            if opened is not None:
-                backends.append(opened)
-        rounds = round_configs(config)
-        for round_index, round_config in enumerate(rounds):
+    with PollIdle(config.poll_idle) as poll_idle:
+        environment["poll_idle"] = poll_idle.status
+        if poll_idle.status.startswith("unavailable"):
+            progress.note(f"idle CPUs will halt: {poll_idle.status}")
+        try:
+            for plan in plans:
+                opened = await _open_backend(plan, config, progress, targets)
+                if opened is not None:
+                    backends.append(opened)
+            rounds = round_configs(config)
+            for round_index, round_config in enumerate(rounds):
+                for b in backends:
+                    probe = Probe(backend=b.plan.backend, round=round_index, items_s=cpu_probe())
+                    probes.append(probe)
+                    await _run_round(b, round_config, round_index, len(rounds), run_id, progress)
+        finally:
             for b in backends:
-                probes.append(Probe(backend=b.plan.backend, round=round_index, items_s=cpu_probe()))
-                await _run_round(b, round_config, round_index, len(rounds), run_id, progress)
-    finally:
-        for b in backends:
-            await _close_backend(b, points)
+                await _close_backend(b, points)
     environment["load_average_end"] = load_average()
     return Results(
         profile=config.profile,
