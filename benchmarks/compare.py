@@ -7,6 +7,7 @@ a section listing the share that reproduced and the figures that moved most.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -60,6 +61,11 @@ class Comparison:
     probe_change: float | None = None
     """How much faster (+) or slower (-) the machine's CPU probe ran in this run than
     in the previous one (medians; None when either run has no probe)."""
+    ratios: tuple[int, int] = (0, 0)
+    """(reproduced, compared) library/raw ratios: each run's ratio inside the other's
+    bounds (the pessimistic-optimistic range from the run min-max)."""
+    spread_width: float | None = None
+    """This run's headline figures: the median of (max - min) / median."""
 
     @property
     def reproduced(self) -> int:
@@ -74,6 +80,24 @@ class Comparison:
             f"Compared with `{self.previous}`: {self.reproduced} of {n} figures ({share:.0f}%) "
             "reproduced (each median inside the other run's min-max).",
         ]
+        moves = sorted(abs(d.change) for d in self.deltas)
+        line = (
+            f"Between the runs a figure moved a median {100 * statistics.median(moves):.1f}% "
+            f"(90th percentile {100 * moves[math.ceil(0.9 * len(moves)) - 1]:.0f}%)"
+        )
+        if self.spread_width is not None:
+            line += (
+                f"; this run's min-max spreads are a median {100 * self.spread_width:.0f}% "
+                "of their figure wide"
+            )
+        lines.append(line + ".")
+        reproduced, compared = self.ratios
+        if compared:
+            lines.append(
+                f"Library/raw ratios, the figures the targets judge: {reproduced} of {compared} "
+                f"({100 * reproduced / compared:.0f}%) reproduced (each ratio inside the other "
+                "run's bounds)."
+            )
         missed = [d for d in self.deltas if not d.within]
         if missed:
             small = sum(abs(d.change) < 0.10 for d in missed)
@@ -180,6 +204,21 @@ def compare(
                 f"{k}={v}" for k, v in p.params.items() if k in ("rate", "consumers", "size")
             )
             deltas.append(Delta(p.target, p.workload, params, metric, o.median, s.median, within))
+    widths = [
+        (s.max - s.min) / s.median
+        for p in current.points
+        if p.error is None
+        for metric, s in p.metrics.items()
+        if metric in _HEADLINE and s.median
+    ]
+    old_ratios = {(r.backend, r.workload, _figure(r.params), r.metric): r for r in previous.ratios}
+    ratio_hits = compared = 0
+    for r in current.ratios:
+        o = old_ratios.get((r.backend, r.workload, _figure(r.params), r.metric))
+        if o is None:
+            continue
+        compared += 1
+        ratio_hits += o.low <= r.ratio <= o.high or r.low <= o.ratio <= r.high
     counts = [len(s.runs) for p in current.points if p.error is None for s in p.metrics.values()]
     runs = int(statistics.median(counts)) if counts else 0
     probe_change = None
@@ -187,4 +226,12 @@ def compare(
         before = statistics.median(p.items_s for p in previous.probes)
         after = statistics.median(p.items_s for p in current.probes)
         probe_change = after / before - 1 if before else None
-    return Comparison(previous_name, deltas, list(decisions), runs, probe_change)
+    return Comparison(
+        previous_name,
+        deltas,
+        list(decisions),
+        runs,
+        probe_change,
+        ratios=(ratio_hits, compared),
+        spread_width=statistics.median(widths) if widths else None,
+    )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from benchmarks.config import profile, session_timeout_for
 from benchmarks.drivers.base import Driver
+from benchmarks.pollidle import PollIdle
 from benchmarks.runner import library_factory, plan_urls
 
 __all__ = ["EnvelopeRow", "envelope_cost", "main"]
@@ -154,21 +155,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--confirmed", type=int, default=300, help="publishes per round")
     parser.add_argument("--batches", type=int, default=10, help="batches of 100 per round")
+    parser.add_argument(
+        "--halt-idle",
+        action="store_true",
+        help="let idle CPUs halt (by default they poll, as in `bus bench`: benchmarks.pollidle)",
+    )
     args = parser.parse_args(argv)
     rows: list[EnvelopeRow] = []
-    for plan in plan_urls(args.urls):
-        if plan.reason:
-            print(f"{plan.backend}: {plan.reason}", file=sys.stderr)
-            return 2
-        rows += asyncio.run(
-            envelope_cost(
-                plan.backend,
-                plan.url,
-                rounds=args.rounds,
-                confirmed=args.confirmed,
-                batches=args.batches,
+    with PollIdle(not args.halt_idle) as poll_idle:
+        print(f"idle CPUs polling: {poll_idle.status}", file=sys.stderr)
+        for plan in plan_urls(args.urls):
+            if plan.reason:
+                print(f"{plan.backend}: {plan.reason}", file=sys.stderr)
+                return 2
+            rows += asyncio.run(
+                envelope_cost(
+                    plan.backend,
+                    plan.url,
+                    rounds=args.rounds,
+                    confirmed=args.confirmed,
+                    batches=args.batches,
+                )
             )
-        )
     print(markdown(rows))
     return 0
 

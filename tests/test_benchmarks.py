@@ -16,7 +16,7 @@ from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile, session_timeout_for
-from benchmarks.results import PointResult, Probe, Results
+from benchmarks.results import PointResult, Probe, Ratio, Results
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
 from benchmarks.workloads import Context, Point
@@ -173,12 +173,39 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert "Of the 1 that did not, 0 moved less than 10%" in text
     assert "Answers of the decision table: 1 of 3 the same, 2 consistent" in text
     assert f"about {100 * chance_share(3):.0f}%" in text
+    # moves +8% and +45%; spreads of this run (125-95)/108 and (1700-1500)/1600
+    assert "a figure moved a median 26.7% (90th percentile 45%)" in text
+    assert "spreads are a median 20% of their figure wide" in text
+    assert "Library/raw ratios" not in text  # neither run has ratios
     assert comparison.probe_change is None  # neither run has probe readings
     before.probes = [Probe(backend="redis", round=r, items_s=v) for r, v in ((0, 2e6), (1, 2e6))]
     after.probes = [Probe(backend="redis", round=0, items_s=3e6)]
     comparison = compare(before, after, "before.json", decisions)
     assert comparison.probe_change == pytest.approx(0.5)
     assert "its CPU probe ran +50% against the previous run" in comparison.markdown()
+
+    def ratio(value: float, low: float, high: float, count: int) -> Ratio:
+        return Ratio(
+            backend="redis",
+            workload="consume_ack",
+            params={"size": 1024, "count": count},
+            metric="msg_s",
+            bus=value,
+            raw=1.0,
+            ratio=value,
+            low=low,
+            high=high,
+        )
+
+    before.ratios = [ratio(0.70, 0.60, 0.80, 4000)]
+    after.ratios = [ratio(0.85, 0.82, 0.90, 5000)]  # neither ratio inside the other bounds
+    assert compare(before, after).ratios == (0, 1)
+    after.ratios = [ratio(0.78, 0.72, 0.90, 5000)]
+    comparison = compare(before, after)
+    assert comparison.ratios == (1, 1)
+    assert (
+        "Library/raw ratios, the figures the targets judge: 1 of 1 (100%)" in comparison.markdown()
+    )
 
 
 def test_cost_meter_measures_a_process_tree(tmp_path: Path) -> None:
