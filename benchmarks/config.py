@@ -223,10 +223,13 @@ class BenchConfig(_Model):
 def _quick() -> BenchConfig:
     return BenchConfig(
         profile="quick",
-        # Six measured runs per figure (three per round): with min-max spreads, two
+        # Eight measured runs per figure (four per round): with min-max spreads, two
         # runs of n measurements that differ only at random reproduce ~90 % of their
-        # figures for n = 4 and ~98 % for n = 6 (benchmarks.compare.chance_share).
-        runs=6,
+        # figures for n = 4, ~98 % for n = 6 and ~99.5 % for n = 8
+        # (benchmarks.compare.chance_share). Measured here, with idle CPUs polling:
+        # two runs of 6 reproduced 89 % (350 and 354 s), two runs of 8 93 % (402
+        # and 419 s); the latency runs (fixed length) stay at four per rate.
+        runs=8,
         rounds=2,
         warmup_runs=1,
         confirmed_publish=ConfirmedPublish(count=350),
@@ -248,7 +251,7 @@ def _quick() -> BenchConfig:
 def _full() -> BenchConfig:
     return BenchConfig(
         profile="full",
-        runs=6,
+        runs=8,
         rounds=2,
         warmup_runs=1,
         confirmed_publish=ConfirmedPublish(count=3000),
