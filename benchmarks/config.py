@@ -193,8 +193,9 @@ class BenchConfig(_Model):
     """Keep idle CPUs polling instead of halting during the run (PM QoS,
     :mod:`benchmarks.pollidle`; needs root, else the run says it could not): on a
     virtual machine every wake-up of a halted CPU delays a round trip by a varying
-    amount, which moved figures up to 2x between runs. Off: the figures include
-    those delays, as on an idling host."""
+    amount (between two runs of the same code, figures moved a median 12-13 %
+    halting and 4.7 % polling). Off: the figures include those delays, as on an
+    idling host."""
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
