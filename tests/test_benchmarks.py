@@ -292,6 +292,8 @@ def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> N
     assert data["profile"] == "quick"
     assert data["environment"]["cpu_count"] >= 1
     assert "redis" in data["environment"]["packages"]
+    # on by default: held, or said why not (no root, no PM QoS)
+    assert data["environment"]["poll_idle"].split(":")[0] in ("on", "unavailable")
     results = Results.read(out / "results.json")
     ids = {t.id for t in results.targets}
     assert {"memory/bus", "redis/raw", "redis/bus"} <= ids
