@@ -194,7 +194,7 @@ class BenchConfig(_Model):
     :mod:`benchmarks.pollidle`; needs root, else the run says it could not): on a
     virtual machine every wake-up of a halted CPU delays a round trip by a varying
     amount (between two runs of the same code, figures moved a median 12-13 %
-    halting and 4.7 % polling). Off: the figures include those delays, as on an
+    halting and 4.7-5.6 % polling). Off: the figures include those delays, as on an
     idling host."""
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)

@@ -5,10 +5,11 @@ host; the next wake-up (a broker's reply, the latency workload's send timer) the
 waits for the host to run the vCPU again. A workload of round trips idles
 thousands of times a second, so its figures follow how the host treats halted
 guests that minute rather than the broker or the library. On this project's 2-core
-VM (Firecracker, cpuidle driver ``haltpoll``) a fixed pure-Python loop timed after
+VM (cpuidle driver ``haltpoll``) a fixed pure-Python loop timed after
 0.1 s sleeps ran anywhere between 1.8 and 4.4 M items/s, and the figures of two
 ``bus bench --all --profile quick`` runs of the same code moved a median 12-13 %
-(90th percentile 33-44 %, three pairs); with idle CPUs polling, 4.7 % (19 %).
+(90th percentile 33-44 %, three pairs); with idle CPUs polling, 4.7-5.6 %
+(18-20 %, three pairs).
 
 :class:`PollIdle` asks the kernel, through Linux's PM QoS interface, for a CPU
 wake-up latency of 0 us: it writes 0 to ``/dev/cpu_dma_latency`` and keeps the file

@@ -960,7 +960,7 @@ POLL_IDLE_CAVEAT = """\
   (`/dev/cpu_dma_latency`, `poll_idle`, on by default), so an idle CPU spins in the
   kernel's idle loop instead of halting, and a wake-up (a broker's reply, the sender's
   timer) starts at once. On the 2-core VM this was built on, halted CPUs made the
-  figures of two runs of the same code move a median 12-13 % (polling: 4.7 %), and
+  figures of two runs of the same code move a median 12-13 % (polling: 5 %), and
   one-at-a-time round trips ran up to 1.8x faster polling; the figures are those of a
   busy or latency-tuned host, on both sides of every ratio alike.
   `--set poll_idle=false` measures an idling host.
