@@ -337,6 +337,13 @@ class MemoryBackend(Backend):
             else:
                 broker.append(topic, message)
 
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Forget the topic's log and every group on it."""
+        broker = self.broker
+        await broker.available(self.options.operation_timeout)
+        broker.topics.pop(topic, None)
+        return True
+
     async def declare(self, topic: str, groups: Sequence[str]) -> None:
         broker = self.broker
         await broker.available(self.options.operation_timeout)

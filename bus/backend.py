@@ -98,6 +98,19 @@ class Backend(abc.ABC):
         """Open a consumer. ``group=None`` is broadcast. ``start`` only matters when the
         group (or broadcast consumer) is new."""
 
+    # -- teardown --------------------------------------------------------------------
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Remove what the broker keeps for ``topic``: its messages and, for the groups
+        the broker can find (and every one in ``groups``), their positions and pending
+        deliveries. Its dead-letter topic is a topic of its own. Idempotent: an absent
+        topic is not an error. Returns False when the backend cannot delete (the
+        default); broker errors raise as for any other operation.
+
+        Meant for teardown of short-lived topics (the conformance suite removes what
+        each scenario created); not a :class:`bus.Bus` operation, because no member of
+        a group may be connected while its state goes away."""
+        return False
+
     # -- request / reply (generic implementation; override for native support) ----
     async def request(self, message: Message, timeout: float) -> Message:
         """Publish ``message`` with a reply address and wait for its reply."""

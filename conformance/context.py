@@ -1,10 +1,16 @@
 """What a scenario gets: fresh names, connections that are cleaned up, helpers that
-wait with a bound, and (when the harness can give one) a broker it may restart."""
+wait with a bound, and (when the harness can give one) a broker it may restart.
+
+When a scenario ends, the topics it named (and their dead-letter topics) are deleted
+with the groups it named (:meth:`bus.backend.Backend.delete_topic`), so a run leaves
+nothing behind on a shared broker. What a backend cannot find is said there (RabbitMQ
+cannot list queues: a group not named through :meth:`Context.group` would stay)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -13,9 +19,16 @@ from typing import Any
 
 import bus
 from bus.capabilities import Capabilities
+from bus.topics import dlq_topic
 from conformance._scenario import ConformanceFailure, expect
 
 __all__ = ["Context", "IsolatedBroker", "IsolatedBrokerFactory"]
+
+log = logging.getLogger(__name__)
+
+#: Longest the deletion of one scenario's topics may take (an unreachable broker, a
+#: scenario that left it down) before the run goes on without it.
+TEARDOWN_TIMEOUT = 30.0
 
 
 @dataclass
@@ -51,15 +64,23 @@ class Context:
         self._run = uuid.uuid4().hex[:10]
         self._count = 0
         self._buses: list[bus.Bus] = []
+        self._topics: list[str] = []
+        self._groups: list[str] = []
 
     def topic(self, name: str) -> str:
-        """A topic no other scenario or run uses."""
+        """A topic no other scenario or run uses (deleted when the scenario ends)."""
         self._count += 1
-        return f"conformance.{name}.{self._run}{self._count}"
+        topic = f"conformance.{name}.{self._run}{self._count}"
+        self._topics.append(topic)
+        return topic
 
     def group(self, name: str = "g") -> str:
+        """A group name no other scenario or run uses (its state on the scenario's
+        topics is deleted when the scenario ends)."""
         self._count += 1
-        return f"{name}-{self._run}{self._count}"
+        group = f"{name}-{self._run}{self._count}"
+        self._groups.append(group)
+        return group
 
     async def connect(self, url: str | None = None, **options: Any) -> bus.Bus:
         b = await bus.connect(url or self.url, **{**self.options, **options})
@@ -67,10 +88,33 @@ class Context:
         return b
 
     async def aclose(self) -> None:
+        """Close every connection, then delete the scenario's topics."""
         for b in reversed(self._buses):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(b.close(), 15)
         self._buses.clear()
+        if self._topics:
+            try:
+                async with asyncio.timeout(TEARDOWN_TIMEOUT):
+                    await self.delete_topics()
+            except Exception as exc:
+                # the scenario's verdict stands; what stays behind is named uniquely
+                log.warning(
+                    "conformance: could not delete the topics of run %s on %s: %s",
+                    self._run,
+                    bus.redact_url(self.url),
+                    f"{type(exc).__name__}: {exc}",
+                )
+            self._topics.clear()
+
+    async def delete_topics(self) -> None:
+        """Delete every topic named through :meth:`topic`, and its dead-letter topic,
+        with the groups named through :meth:`group`, on a connection of its own (the
+        scenario's are closed: no member may hold a group that goes away)."""
+        async with bus.connect(self.url, **self.options) as b:
+            for topic in self._topics:
+                for name in (topic, dlq_topic(topic)):
+                    await b.backend.delete_topic(name, self._groups)
 
     # -- helpers ---------------------------------------------------------------
     @staticmethod

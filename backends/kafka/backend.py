@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bus._redact import redact_url
 from bus._watchdog import Watchdog
@@ -39,7 +40,11 @@ DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
 _HEADROOM = 1024
 #: Topics whose names start with these get one partition (reply inboxes).
 _SINGLE_PARTITION_PREFIXES = ("_inbox.",)
+#: Kafka error code of a topic the broker does not know (a delete is then done).
+_ERR_UNKNOWN_TOPIC = 3
 _ERR_TOPIC_EXISTS = 36
+#: DeleteGroups: the group does not exist (nothing to delete).
+_ERR_GROUP_NOT_FOUND = 69
 
 #: bootstrap servers -> whether the broker granted a producer id, so a broker that
 #: refuses idempotence is asked (and logged about) once per process, not per connect.
@@ -344,6 +349,44 @@ class KafkaBackend(Backend):
         with contextlib.suppress(KafkaError):
             return topic in await self.admin.list_topics()
         return False
+
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Delete the Kafka topic, then its consumer groups (``<topic>:<group>``: those
+        the broker lists and those of ``groups``) with their committed offsets, so a
+        group declared again on a topic of the same name starts afresh."""
+        what = f"delete topic {topic!r}"
+        try:
+            async with asyncio.timeout(self.options.operation_timeout):
+                response = await self.admin.delete_topics([topic])
+                for name, code, *_ in response.topic_error_codes:
+                    if code not in (0, _ERR_UNKNOWN_TOPIC):
+                        raise BusError(
+                            f"kafka at {self.where} refused to {what}: error {code} ({name})"
+                        )
+                self._topics.discard(topic)
+                listed = await self.admin.list_consumer_groups()
+                prefix = group_id(topic, "")
+                ids = {str(g[0]) for g in listed if str(g[0]).startswith(prefix)}
+                ids.update(group_id(topic, g) for g in groups)
+                await self._delete_groups(sorted(ids))
+        except (KafkaError, TimeoutError) as exc:
+            raise self.unavailable(what, exc) from exc
+        return True
+
+    async def _delete_groups(self, ids: Sequence[str]) -> None:
+        # aiokafka's admin client has no delete_consumer_groups: DeleteGroups (API 42)
+        # goes to each group's coordinator through the client's request path.
+        by_node: dict[int, list[str]] = {}
+        for gid in ids:
+            by_node.setdefault(await self.admin.find_coordinator(gid), []).append(gid)
+        for node, names in by_node.items():
+            response = await self.admin._send_request_to_node(node, DeleteGroupsRequest(names))
+            for name, code in response.results:
+                if code not in (0, _ERR_GROUP_NOT_FOUND):
+                    raise BusError(
+                        f"kafka at {self.where} refused to delete consumer group {name!r}: "
+                        f"error {code}"
+                    )
 
     def forget_topic(self, topic: str) -> None:
         """After an error suggesting the topic vanished (broker restart): create it

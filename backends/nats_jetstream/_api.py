@@ -98,6 +98,10 @@ class JetStreamApi:
     async def delete_stream(self, name: str, timeout: float) -> None:
         await self.request(f"STREAM.DELETE.{name}", None, timeout)
 
+    async def purge_subject(self, name: str, subject: str, timeout: float) -> None:
+        """Remove the messages of stream ``name`` stored on ``subject``."""
+        await self.request(f"STREAM.PURGE.{name}", {"filter": subject}, timeout)
+
     async def create_durable(
         self, stream: str, config: dict[str, Any], timeout: float
     ) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from backends.nats_jetstream._acks import Item, PubAcks
 from backends.nats_jetstream._api import (
     CONSUMER_NOT_FOUND,
     STREAM_NAME_IN_USE,
+    STREAM_NOT_FOUND,
     SUBJECTS_OVERLAP,
     ApiError,
     JetStreamApi,
@@ -725,6 +726,46 @@ class NatsJetStreamBackend(Backend):
         if self._nc is not None and not self._nc.is_connected:
             return BrokerUnavailable(text)
         return PublishError(text)
+
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Delete the topic's stream (with its durable consumers), when it is the one
+        this backend names; when an operator's stream captures the topic's subject,
+        delete only the durable consumers of ``groups`` on it. Delayed messages held
+        for the topic are purged too (a mover would otherwise publish them later and
+        create the stream again)."""
+        delay_stream = self._streams.get(self.names.delay_root, self.names.delay_stream)
+        held = self.names.delay_subject(topic)
+        what = f"purging {held} from {delay_stream}"
+        try:
+            await self._admin(what, lambda t: self.api.purge_subject(delay_stream, held, t))
+        except ApiError as exc:
+            if exc.code != STREAM_NOT_FOUND:
+                raise self._refused(what, exc) from None
+        subject = self.names.subject(topic)
+        stream = self._streams.get(topic) or await self._admin(
+            f"finding the stream of {subject}", lambda t: self.api.stream_for_subject(subject, t)
+        )
+        if stream is not None:
+            doomed: list[tuple[str, str | None]]
+            if stream == self.names.stream(topic):
+                doomed = [(f"deleting stream {stream}", None)]
+            else:
+                doomed = [(f"deleting consumer {g} of {stream}", g) for g in groups]
+            for what, group in doomed:
+
+                def call(t: float, group: str | None = group) -> Awaitable[None]:
+                    if group is None:
+                        return self.api.delete_stream(stream, t)
+                    return self.api.delete_consumer(stream, group, t)
+
+                try:
+                    await self._admin(what, call)
+                except ApiError as exc:
+                    if exc.code not in (STREAM_NOT_FOUND, CONSUMER_NOT_FOUND):
+                        raise self._refused(what, exc) from None
+            self._durables = {key for key in self._durables if key[0] != stream}
+        self._streams.pop(topic, None)
+        return True
 
     async def declare(self, topic: str, groups: Sequence[str]) -> None:
         await self.ensure_stream(topic)

@@ -321,6 +321,20 @@ class RabbitMQBackend(Backend):
                 last = exc
                 await asyncio.sleep(0.2)
 
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Delete the queues of ``groups`` on ``topic`` with their messages. AMQP cannot
+        list queues, so a group not named in ``groups`` keeps its queue; the topic
+        exchange is shared by every topic and stays."""
+        for group in groups:
+            name = _names.group_queue(topic, group)
+
+            async def delete(ch: aiormq.abc.AbstractChannel, name: str = name) -> None:
+                await ch.queue_delete(name)
+
+            await self._topology(f"delete group queue {name!r}", delete)
+            self._groups.discard(name)
+        return True
+
     async def _declare_group(self, topic: str, group: str) -> str:
         name = _names.group_queue(topic, group)
         if name in self._groups:

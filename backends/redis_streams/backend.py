@@ -187,6 +187,24 @@ class RedisStreamsBackend(Backend):
                 raise self.conn.error(result, what) from result
         return results
 
+    async def delete_topic(self, topic: str, groups: Sequence[str] = ()) -> bool:
+        """Delete the topic's keys: its streams (every priority level), delayed set,
+        live set, and the redelivery streams of the groups it records and of ``groups``."""
+        keys = self.keys(topic)
+        what = f"deleting topic {topic!r}"
+        (known,) = await self._pipeline([Command(("SMEMBERS", keys.groups))], what)
+        names = {g.decode() if isinstance(g, bytes) else str(g) for g in known or ()}
+        names.update(groups)
+        doomed = [
+            *keys.all_static(),
+            *(keys.level(n) for n in range(1, 10)),
+            *(keys.retry(g) for g in sorted(names)),
+        ]
+        # one DEL: every key carries the topic's hash tag, so one node holds them all
+        await self._pipeline([Command(("DEL", *doomed))], what)
+        self._housekeep_at.pop(topic, None)
+        return True
+
     # -- producing -------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message], *, delay: float | None = None) -> None:
         if not messages:

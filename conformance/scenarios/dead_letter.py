@@ -22,14 +22,15 @@ async def explicit_dead_letter(ctx: Context) -> None:
     """dead_letter(reason) moves the message to <topic>.dlq with the reason headers."""
     b = await ctx.connect()
     topic, group = ctx.topic("dlq"), ctx.group()
+    audit = ctx.group("audit")
     await b.declare(topic, groups=[group])
-    await b.declare(dlq_topic(topic), groups=["audit"])
+    await b.declare(dlq_topic(topic), groups=[audit])
     mid = await b.publish(topic, b"poison", headers={"tenant": "t1"})
     async with b.subscribe(topic, group=group) as sub:
         (d,) = await ctx.collect(sub, 1, ack=False)
         await d.dead_letter("cannot parse invoice")
         await ctx.expect_nothing(sub, 1.0, "a dead-lettered message came back")
-    async with b.subscribe(dlq_topic(topic), group="audit") as dead:
+    async with b.subscribe(dlq_topic(topic), group=audit) as dead:
         (x,) = await ctx.collect(dead, 1)
     h = x.message.headers
     expect(x.message.id == mid, "the dead letter must keep the message id")
@@ -46,8 +47,9 @@ async def retry_then_dead_letter(ctx: Context) -> None:
     """A handler that keeps failing is retried with backoff, then dead-lettered."""
     b = await ctx.connect()
     topic, group = ctx.topic("retry"), ctx.group()
+    audit = ctx.group("audit")
     await b.declare(topic, groups=[group])
-    await b.declare(dlq_topic(topic), groups=["audit"])
+    await b.declare(dlq_topic(topic), groups=[audit])
     calls: list[int] = []
 
     async def handler(order: Order) -> None:
@@ -56,7 +58,7 @@ async def retry_then_dead_letter(ctx: Context) -> None:
 
     mid = await b.publish(topic, Order(number=7))
     worker = b.consume(topic, handler, group=group, retry=Retry(3, Fixed(0.3)))
-    async with worker, b.subscribe(dlq_topic(topic), group="audit") as dead:
+    async with worker, b.subscribe(dlq_topic(topic), group=audit) as dead:
         (x,) = await ctx.collect(dead, 1, timeout=45)
     h = x.message.headers
     expect(x.message.id == mid, "wrong dead letter")
@@ -73,8 +75,9 @@ async def undecodable_payload_dead_lettered(ctx: Context) -> None:
     """A payload the handler's type cannot decode is dead-lettered at once, unretried."""
     b = await ctx.connect()
     topic, group = ctx.topic("undecodable"), ctx.group()
+    audit = ctx.group("audit")
     await b.declare(topic, groups=[group])
-    await b.declare(dlq_topic(topic), groups=["audit"])
+    await b.declare(dlq_topic(topic), groups=[audit])
     calls: list[Order] = []
 
     async def handler(order: Order) -> None:
@@ -84,7 +87,7 @@ async def undecodable_payload_dead_lettered(ctx: Context) -> None:
     await b.publish(topic, Order(number=1))
     async with (
         b.consume(topic, handler, group=group),
-        b.subscribe(dlq_topic(topic), group="audit") as dead,
+        b.subscribe(dlq_topic(topic), group=audit) as dead,
     ):
         (x,) = await ctx.collect(dead, 1)
         for _ in range(100):

@@ -21,7 +21,7 @@ async def request_reply(ctx: Context) -> None:
     async def classify(payload: dict[str, int]) -> dict[str, int]:
         return {"n": payload["n"], "square": payload["n"] ** 2}
 
-    async with server.consume(topic, classify, group="rpc", concurrency=4):
+    async with server.consume(topic, classify, group=ctx.group("rpc"), concurrency=4):
         reply = await client.request(topic, {"n": 3}, timeout=20, correlation_id="saga-9")
         expect(reply.decode(dict) == {"n": 3, "square": 9}, f"reply {reply.data!r}")
         expect(reply.correlation_id == "saga-9", f"correlation_id {reply.correlation_id!r}")
