@@ -214,11 +214,11 @@ def compare(
     old_ratios = {(r.backend, r.workload, _figure(r.params), r.metric): r for r in previous.ratios}
     ratio_hits = compared = 0
     for r in current.ratios:
-        o = old_ratios.get((r.backend, r.workload, _figure(r.params), r.metric))
-        if o is None:
+        prior = old_ratios.get((r.backend, r.workload, _figure(r.params), r.metric))
+        if prior is None:
             continue
         compared += 1
-        ratio_hits += o.low <= r.ratio <= o.high or r.low <= o.ratio <= r.high
+        ratio_hits += prior.low <= r.ratio <= prior.high or r.low <= prior.ratio <= r.high
     counts = [len(s.runs) for p in current.points if p.error is None for s in p.metrics.values()]
     runs = int(statistics.median(counts)) if counts else 0
     probe_change = None

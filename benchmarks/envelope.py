@@ -115,12 +115,6 @@ async def envelope_cost(
         for side, driver in zip(SIDES, opened, strict=False):
             with contextlib.suppress(Exception):
                 await driver.cleanup([topics[side]], ["g"])
-        purge = getattr(drivers["raw"], "purge", None)
-        if opened and purge is not None:
-            # the library's own keys / streams / topics, deleted through the raw client
-            # (as `bus bench` does)
-            with contextlib.suppress(Exception):
-                await purge(topics["bus"])
         for driver in opened:
             await driver.close()
     return rows

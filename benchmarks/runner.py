@@ -247,25 +247,13 @@ def _headline(points: Sequence[Point]) -> str:
 _SHOWN_PARAMS = ("rate", "consumers", "size", "groups")
 
 
-async def _cleanup(
-    ctx: Context, side: _Side, purger: Driver | None, backend: str, progress: Progress
-) -> None:
+async def _cleanup(ctx: Context, side: _Side, backend: str, progress: Progress) -> None:
+    """Delete what the workload left on the broker: each side through its own client
+    (the library side through ``Backend.delete_topic``)."""
     driver = side.driver
     assert driver is not None
     try:
-        if side.side == "raw":
-            await driver.cleanup(ctx.topics, sorted(ctx.groups))
-        elif purger is not None:
-            for topic in ctx.topics:
-                purge = getattr(purger, "purge", None)
-                if purge is not None:
-                    await purge(topic)
-                delete_queues = getattr(purger, "delete_queues", None)
-                if delete_queues is not None:
-                    names = [f"{topic}.{g}" for g in ctx.groups] + [
-                        f"{topic}.{g}.{suffix}" for g in ctx.groups for suffix in ("dlq", "delay")
-                    ]
-                    await delete_queues(names)
+        await driver.cleanup(ctx.topics, sorted(ctx.groups))
     except Exception as exc:
         progress.note(f"cleanup on {backend}/{side.side} failed: {type(exc).__name__}: {exc}")
 
@@ -277,7 +265,6 @@ class _Backend:
     plan: BackendPlan
     sides: list[_Side]
     proc: Any
-    purger: Driver | None
     #: per target id: the points of every round so far, and what rounds carry over
     collected: dict[str, list[Point]] = field(init=False)
     carry: dict[str, dict[Any, Any]] = field(init=False)
@@ -365,8 +352,7 @@ async def _open_backend(
     for side in sides:
         side.target.broker = broker
 
-    purger = next((s.driver for s in sides if s.side == "raw" and s.driver is not None), None)
-    return _Backend(plan, sides, proc, purger)
+    return _Backend(plan, sides, proc)
 
 
 async def _run_round(
@@ -412,7 +398,7 @@ async def _run_round(
                 result = [Point(workload, {}, error=message)]
             finally:
                 await ctx.aclose()
-                await _cleanup(ctx, side, b.purger, b.plan.backend, progress)
+                await _cleanup(ctx, side, b.plan.backend, progress)
                 spent_here = side.target.workload_s.get(workload, 0.0)
                 spent_here += time.monotonic() - began
                 side.target.workload_s[workload] = round(spent_here, 1)

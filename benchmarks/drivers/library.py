@@ -9,6 +9,7 @@ from typing import Any
 
 import bus
 from benchmarks.drivers.base import Consumer, Driver, OnMessage
+from bus.topics import dlq_topic
 
 __all__ = ["LibraryConsumer", "LibraryDriver"]
 
@@ -89,6 +90,14 @@ class LibraryDriver(Driver):
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
         return LibraryConsumer(self.bus, topic, group, prefetch)
+
+    async def cleanup(self, topics: Sequence[str], groups: Sequence[str]) -> None:
+        """The library's own teardown: each topic and its dead-letter topic, with the
+        groups (``Backend.delete_topic``, as the conformance suite does)."""
+        backend = self.bus.backend
+        for topic in topics:
+            for name in (topic, dlq_topic(topic)):
+                await backend.delete_topic(name, groups)
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend_class": "", "options": {}}

@@ -158,16 +158,6 @@ class KafkaRawDriver(Driver):
             with contextlib.suppress(Exception):
                 await self._admin.delete_topics(list(topics))
 
-    async def purge(self, marker: str) -> int:
-        """Delete every topic whose name contains ``marker`` (library leftovers)."""
-        if self._admin is None:
-            return 0
-        names = [t for t in await self._admin.list_topics() if marker in t]
-        if names:
-            with contextlib.suppress(Exception):
-                await self._admin.delete_topics(names)
-        return len(names)
-
     def settings(self) -> dict[str, Any]:
         return {
             "client": "aiokafka",

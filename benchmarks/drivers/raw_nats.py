@@ -126,20 +126,6 @@ class NatsRawDriver(Driver):
             with contextlib.suppress(Exception):
                 await self._js.delete_stream(stream_name(topic))
 
-    async def purge(self, marker: str) -> int:
-        """Delete every stream whose name or subjects contain ``marker``."""
-        deleted = 0
-        flat = marker.replace(".", "_").replace("-", "_")
-        with contextlib.suppress(Exception):
-            for info in await self._js.streams_info():
-                subjects = info.config.subjects or []
-                name = info.config.name or ""
-                if marker in name or flat in name or any(marker in s for s in subjects):
-                    with contextlib.suppress(Exception):
-                        await self._js.delete_stream(name)
-                        deleted += 1
-        return deleted
-
     def settings(self) -> dict[str, Any]:
         return {
             "client": "nats-py",

@@ -125,16 +125,6 @@ class RabbitRawDriver(Driver):
             with contextlib.suppress(Exception):
                 await channel.close()
 
-    async def delete_queues(self, names: Sequence[str]) -> None:
-        """Delete queues by name (library leftovers), ignoring missing ones."""
-        assert self._conn is not None
-        for name in names:
-            channel = await self._conn.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                await channel.close()
-
     def settings(self) -> dict[str, Any]:
         return {
             "client": "aio-pika",
