@@ -617,13 +617,27 @@ async def test_cluster_of_three_primaries(private_broker: PrivateBrokerFactory) 
     )
     failed = [(s.name, s.reason) for s in result.scenarios if s.status != "pass"]
     assert not failed
-    # topics really landed on different nodes
-    used = set()
-    for node in nodes:
-        async with _raw(node.url) as r:
-            if [k async for k in r.scan_iter(match="bus:{conformance.*")]:
-                used.add(node.port)
-    assert len(used) >= 2, used
+
+    async def nodes_holding(pattern: str) -> set[int]:
+        used = set()
+        for node in nodes:
+            async with _raw(node.url) as r:
+                if [k async for k in r.scan_iter(match=pattern)]:
+                    used.add(node.port)
+        return used
+
+    # the scenarios deleted their topics on whichever node held them
+    assert await nodes_holding("bus:{conformance.*") == set()
+    # topics really land on different nodes (and delete_topic finds them there)
+    topics = [_topic(f"spread{i}") for i in range(8)]
+    async with bus.connect(url, cluster=True) as b:
+        for topic in topics:
+            await b.declare(topic, groups=["g"])
+            await b.publish(topic, b"x")
+        assert len(await nodes_holding("bus:{redistest.spread*")) >= 2
+        for topic in topics:
+            await b.backend.delete_topic(topic, ["g"])
+    assert await nodes_holding("bus:{redistest.spread*") == set()
 
 
 def test_hiredis_packing_is_byte_identical_to_redis_py() -> None:
