@@ -252,6 +252,7 @@ async def test_foreign_publisher_message_is_consumable(nats_broker: Broker) -> N
         async with b.subscribe(topic, group=group) as sub:
             d = await sub.receive(timeout=10)
             await d.ack()
+        await b.backend.delete_topic(topic, [group])
         assert (d.message.id, d.message.data) == ("ext-1", b"raw")
 
 
@@ -322,6 +323,7 @@ async def test_request_reply_over_core_inbox(nats_broker: Broker) -> None:
         backend = _backend(client)
         info = await backend.api.stream_info(backend.names.stream(topic), 5)
         assert info["state"]["messages"] == 1  # the request, durable; not the reply
+        await backend.delete_topic(topic, ["rpc"])
 
 
 async def test_broadcast_resumes_when_the_server_drops_its_consumer(nats_broker: Broker) -> None:
@@ -571,6 +573,7 @@ async def test_sigkilled_consumer_holding_10_is_redelivered_within_ack_wait(
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+        await b.backend.delete_topic(topic, [group])
     assert got == set(sent), f"{len(set(sent) - got)} of 10 not redelivered after {elapsed:.1f}s"
     assert elapsed <= 3.0 + 5.0
 
