@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -55,12 +56,33 @@ def test_idle_cpus_do_not_halt_while_the_request_is_held() -> None:
 
 def test_an_unavailable_request_is_reported_and_the_block_still_runs(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-device"
+    driver = tmp_path / "current_driver"
+    driver.write_text("haltpoll\n")
     ran = False
-    with PollIdle(device=str(missing)) as p:
+    with PollIdle(device=str(missing), cpuidle_driver=str(driver)) as p:
         ran = True
         assert not p.active
     assert ran
     assert p.status.startswith(f"unavailable: cannot open {missing}")
+
+
+def test_a_kernel_without_cpuidle_driver_is_reported_and_nothing_held(tmp_path: Path) -> None:
+    # where no cpuidle driver runs, a PM QoS request is accepted and changes nothing:
+    # the status must not claim polling CPUs
+    driver = tmp_path / "current_driver"
+    driver.write_text("none\n")
+    device = tmp_path / "device"
+    device.write_bytes(b"")
+    with PollIdle(device=str(device), cpuidle_driver=str(driver)) as p:
+        assert not p.active
+    assert p.status.startswith("unavailable: no cpuidle driver")
+    assert device.read_bytes() == b""  # no request written
+
+    driver.write_text("haltpoll\n")  # the same with a driver: the request is made
+    with PollIdle(device=str(device), cpuidle_driver=str(driver)) as p:
+        assert p.active
+        assert p.status.startswith("on:")
+    assert device.read_bytes() == struct.pack("=i", 0)
 
 
 def test_disabled_request_does_nothing() -> None:
