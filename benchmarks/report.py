@@ -857,6 +857,30 @@ def _poll_idle_line(results: Results) -> str:
     return ""  # results of a version before poll_idle
 
 
+def _run_length_line(cfg: dict[str, Any]) -> str:
+    """How the counted workloads' run lengths were sized (``min_run_s``, ``max_run_s``)."""
+    shortest, longest, scale = cfg.get("min_run_s"), cfg.get("max_run_s"), cfg.get("max_run_scale")
+    rules = []
+    if shortest:
+        rules.append(
+            f"whose timed stretch lasted less than {shortest} s handles proportionally "
+            f"more messages (at most {scale}x the profile's count)"
+        )
+    if longest:
+        rules.append(
+            f"whose run took more than {longest} s, its backlog included, proportionally "
+            f"fewer (at least 1/{scale} of the count)"
+        )
+    if not rules:
+        return "- run length: the profile's counts as given (`min_run_s` = `max_run_s` = 0)."
+    return (
+        "- run length: a counted workload whose first warm-up run on a backend "
+        + "; one ".join(rules)
+        + ", in every later run of that figure (both sides): the `count` of each figure "
+        "in `results.json` is the one measured."
+    )
+
+
 def _environment_section(results: Results) -> str:
     env = results.environment
     lines = [
@@ -905,15 +929,7 @@ def _settings_section(results: Results) -> str:
             if (cfg.get("rounds") or 1) > 1
             else ""
         ),
-        (
-            f"- run length: a counted workload whose first warm-up run on a backend took "
-            f"less than {cfg.get('min_run_s')} s handles proportionally more messages in "
-            f"every later run of that figure (both sides, at most "
-            f"{cfg.get('max_run_scale')}x the profile's count): the `count` of each figure "
-            "in `results.json` is the one measured."
-            if cfg.get("min_run_s")
-            else "- run length: the profile's counts as given (`min_run_s` = 0)."
-        ),
+        _run_length_line(cfg),
         f"- message size {cfg.get('message_size')} B unless stated; prefetch {cfg.get('prefetch')} "
         "on both sides (library `prefetch`, Redis XREADGROUP COUNT, RabbitMQ basic.qos, "
         "NATS fetch batch, Kafka max_records).",

@@ -146,24 +146,47 @@ class Context:
     def unsized(self, key: str) -> bool:
         """Whether figure ``key`` is still to be sized on this backend."""
         cfg = self.config
-        return cfg.min_run_s > 0 and not self.measured(0) and key not in self.sizing
+        sizing = cfg.min_run_s > 0 or cfg.max_run_s > 0
+        return sizing and not self.measured(0) and key not in self.sizing
 
     def calibrate(
-        self, i: int, key: str, count: int, elapsed: float, cap: int | None = None
+        self,
+        i: int,
+        key: str,
+        count: int,
+        elapsed: float,
+        cap: int | None = None,
+        *,
+        took: float | None = None,
+        shrink: bool = True,
     ) -> None:
-        """After run ``i`` of figure ``key`` (``count`` messages in ``elapsed`` s):
-        when it was the first warm-up run of the figure on this backend (or a sizing
-        run before it, ``i`` = 0) and lasted less than ``min_run_s``, later runs (both
-        sides, every round) handle proportionally more, at most ``max_run_scale``
-        times ``count`` (and at most ``cap`` where the workload bounds its memory).
+        """After run ``i`` of figure ``key`` (``count`` messages; its timed stretch
+        lasted ``elapsed`` s, the whole run ``took`` s, by default the same): when it
+        was the first warm-up run of the figure on this backend (or a sizing run
+        before it, ``i`` = 0), size the later runs (both sides, every round):
+
+        - timed stretch shorter than ``min_run_s``: proportionally more messages, at
+          most ``max_run_scale`` times ``count`` (and at most ``cap`` where the
+          workload bounds its memory);
+        - whole run longer than ``max_run_s`` (when set, and ``shrink``: a workload
+          whose per-run percentiles need their samples passes False):
+          proportionally fewer, at least ``count / max_run_scale``;
+        - otherwise ``count``.
+
         Both sides must run the same count: their figures are compared as a ratio."""
         cfg = self.config
         if i != 0 or not self.unsized(key):
             return
-        scale = min(cfg.max_run_scale, math.ceil(cfg.min_run_s / max(elapsed, 1e-6)))
-        sized = count * scale
-        if cap is not None:
-            sized = min(sized, max(count, cap))
+        took = elapsed if took is None else took
+        sized = count
+        if cfg.min_run_s > 0 and elapsed < cfg.min_run_s:
+            scale = min(cfg.max_run_scale, math.ceil(cfg.min_run_s / max(elapsed, 1e-6)))
+            sized = count * scale
+            if cap is not None:
+                sized = min(sized, max(count, cap))
+        elif shrink and cfg.max_run_s > 0 and took > cfg.max_run_s:
+            floor = math.ceil(count / cfg.max_run_scale)
+            sized = max(floor, int(count * cfg.max_run_s / took))
         self.sizing[key] = sized
 
     def run_label(self, i: int) -> str:
@@ -376,9 +399,9 @@ async def _backlog_drains(
 
     key = f"{point.workload}/{sorted(point.params.items())}"
 
-    async def timed_fill(n: int) -> tuple[dict[str, float], float]:
+    async def timed_fill(n: int, into: str = topic) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
-        await fill(ctx.driver, topic, body, n, chunk=cfg.batched_publish.batch)
+        await fill(ctx.driver, into, body, n, chunk=cfg.batched_publish.batch)
         elapsed = time.perf_counter() - t0
         if not publish_timed:
             return {}, elapsed
@@ -406,7 +429,8 @@ async def _backlog_drains(
                 elapsed = await drain(consumers, n, cost, cfg.workload_timeout_s)
             finally:
                 await close_all(consumers)
-            ctx.calibrate(i, key, n, min(elapsed, filled) if publish_timed else elapsed, cap)
+            timed = min(elapsed, filled) if publish_timed else elapsed
+            ctx.calibrate(i, key, n, timed, cap, took=filled + elapsed)
             if ctx.measured(i):
                 point.add({**metrics, **consumed(n, elapsed)}, cost)
         point.params["count"] = ctx.count(key, count)
@@ -424,14 +448,15 @@ async def _backlog_drains(
         ctx.topics.append(sizing_topic)
         sizing_group = ctx.group("sizing")
         await ctx.driver.declare(sizing_topic, [sizing_group])
-        await fill(ctx.driver, sizing_topic, body, count, chunk=cfg.batched_publish.batch)
+        _, filled = await timed_fill(count, sizing_topic)
         consumers = [dr.consumer(sizing_topic, sizing_group, cfg.prefetch) for dr in drivers]
         await open_group(consumers)
         try:
             elapsed = await drain(consumers, count, ctx.meter(), cfg.workload_timeout_s)
         finally:
             await close_all(consumers)
-        ctx.calibrate(0, key, count, elapsed, cap)
+        timed = min(elapsed, filled) if publish_timed else elapsed
+        ctx.calibrate(0, key, count, timed, cap, took=filled + elapsed)
     count = ctx.count(key, count)
     point.params["count"] = count
     fills = []
@@ -918,7 +943,8 @@ async def rpc(ctx: Context) -> list[Point]:
                     await b.request(topic, body, timeout=cfg.rpc.timeout_s)
                     samples.append(now() - t)
                 elapsed = (now() - t0) / 1e9
-            ctx.calibrate(i, "rpc", n, elapsed)
+            # per-run p99 of sequential round trips: shrinking would leave it a max
+            ctx.calibrate(i, "rpc", n, elapsed, shrink=False)
             if ctx.measured(i):
                 hist = LatencyHistogram()
                 hist.record_ns(samples)

@@ -85,14 +85,20 @@ def test_rounds_split_the_runs_and_merge_them_back() -> None:
 
 
 def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
-    config = apply_overrides(profile("quick"), ["min_run_s=0.1", "max_run_scale=8"])
+    config = apply_overrides(
+        profile("quick"), ["min_run_s=0.1", "max_run_s=0.5", "max_run_scale=8"]
+    )
     sizing: dict[str, int] = {}
     ctx = Context(config, None, lambda: None, run_id="t", broker_proc=None, sizing=sizing)  # type: ignore[arg-type]
     assert ctx.count("consume_ack", 100) == 100
     ctx.calibrate(0, "consume_ack", 100, 0.04)  # 40 ms: 3x to reach 0.1 s
     ctx.calibrate(0, "batched_publish", 100, 0.001)  # 1 ms: capped at 8x
     ctx.calibrate(0, "sizes/65536", 100, 0.001, cap=250)  # capped by its memory bound
-    ctx.calibrate(0, "confirmed_publish", 100, 0.5)  # long enough already
+    ctx.calibrate(0, "confirmed_publish", 100, 0.3)  # within bounds: as given
+    ctx.calibrate(0, "job_roundtrip", 1000, 2.0)  # 2 s: a quarter, to take 0.5 s
+    ctx.calibrate(0, "sizes/128", 1000, 0.2, took=1.0)  # the whole run counts: half
+    ctx.calibrate(0, "scaling/1", 1000, 60.0)  # shrinks at most 8x
+    ctx.calibrate(0, "rpc", 100, 2.0, shrink=False)  # per-run percentiles keep samples
     ctx.calibrate(1, "fanout", 100, 0.001)  # not the first run: no sizing
     ctx.calibrate(0, "consume_ack", 300, 0.001)  # sized once, by the first side
     assert sizing == {
@@ -100,6 +106,10 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
         "batched_publish": 800,
         "sizes/65536": 250,
         "confirmed_publish": 100,
+        "job_roundtrip": 250,
+        "sizes/128": 500,
+        "scaling/1": 125,
+        "rpc": 100,
     }
     # the other side and later rounds share the sizes
     other = Context(config, None, lambda: None, run_id="t", broker_proc=None, sizing=sizing)  # type: ignore[arg-type]
@@ -109,6 +119,15 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
     ctx = Context(cold, None, lambda: None, run_id="t", broker_proc=None, sizing={})  # type: ignore[arg-type]
     ctx.calibrate(0, "consume_ack", 100, 0.001)
     assert ctx.sizing == {}
+
+
+def test_run_length_bounds_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_run_s"):
+        apply_overrides(profile("quick"), ["min_run_s=0.5", "max_run_s=0.2"])
+    off = apply_overrides(profile("quick"), ["max_run_s=0"])  # 0: no upper bound
+    ctx = Context(off, None, lambda: None, run_id="t", broker_proc=None, sizing={})  # type: ignore[arg-type]
+    ctx.calibrate(0, "consume_ack", 100, 30.0)
+    assert ctx.sizing == {"consume_ack": 100}
 
 
 def test_ratio_uses_medians_and_spread_bounds() -> None:
