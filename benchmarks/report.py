@@ -862,22 +862,23 @@ def _run_length_line(cfg: dict[str, Any]) -> str:
     shortest, longest, scale = cfg.get("min_run_s"), cfg.get("max_run_s"), cfg.get("max_run_scale")
     rules = []
     if shortest:
+        within = f", and no more than keep the run within {longest} s" if longest else ""
         rules.append(
-            f"whose timed stretch lasted less than {shortest} s handles proportionally "
-            f"more messages (at most {scale}x the profile's count)"
+            f"where its timed stretch lasted less than {shortest} s, proportionally more "
+            f"messages (at most {scale}x the profile's count{within})"
         )
     if longest:
         rules.append(
-            f"whose run took more than {longest} s, its backlog included, proportionally "
-            f"fewer (at least 1/{scale} of the count)"
+            f"where the whole run, its backlog included, took more than {longest} s, "
+            f"proportionally fewer (at least 1/{scale} of the count)"
         )
     if not rules:
         return "- run length: the profile's counts as given (`min_run_s` = `max_run_s` = 0)."
     return (
-        "- run length: a counted workload whose first warm-up run on a backend "
-        + "; one ".join(rules)
-        + ", in every later run of that figure (both sides): the `count` of each figure "
-        "in `results.json` is the one measured."
+        "- run length: the first warm-up run of each counted figure on a backend sizes "
+        "every later run of it (both sides): "
+        + "; ".join(rules)
+        + ". The `count` of each figure in `results.json` is the one measured."
     )
 
 

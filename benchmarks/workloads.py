@@ -166,8 +166,9 @@ class Context:
         before it, ``i`` = 0), size the later runs (both sides, every round):
 
         - timed stretch shorter than ``min_run_s``: proportionally more messages, at
-          most ``max_run_scale`` times ``count`` (and at most ``cap`` where the
-          workload bounds its memory);
+          most ``max_run_scale`` times ``count``, at most what keeps the whole run
+          within ``max_run_s`` (when set) and at most ``cap`` where the workload
+          bounds its memory;
         - whole run longer than ``max_run_s`` (when set, and ``shrink``: a workload
           whose per-run percentiles need their samples passes False):
           proportionally fewer, at least ``count / max_run_scale``;
@@ -181,6 +182,8 @@ class Context:
         sized = count
         if cfg.min_run_s > 0 and elapsed < cfg.min_run_s:
             scale = min(cfg.max_run_scale, math.ceil(cfg.min_run_s / max(elapsed, 1e-6)))
+            if cfg.max_run_s > 0:
+                scale = max(1, min(scale, int(cfg.max_run_s / max(took, 1e-6))))
             sized = count * scale
             if cap is not None:
                 sized = min(sized, max(count, cap))

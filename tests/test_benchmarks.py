@@ -92,6 +92,7 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
     ctx = Context(config, None, lambda: None, run_id="t", broker_proc=None, sizing=sizing)  # type: ignore[arg-type]
     assert ctx.count("consume_ack", 100) == 100
     ctx.calibrate(0, "consume_ack", 100, 0.04)  # 40 ms: 3x to reach 0.1 s
+    ctx.calibrate(0, "fanout/2", 100, 0.01, took=0.2)  # 10x would take 2 s: 2x
     ctx.calibrate(0, "batched_publish", 100, 0.001)  # 1 ms: capped at 8x
     ctx.calibrate(0, "sizes/65536", 100, 0.001, cap=250)  # capped by its memory bound
     ctx.calibrate(0, "confirmed_publish", 100, 0.3)  # within bounds: as given
@@ -103,6 +104,7 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
     ctx.calibrate(0, "consume_ack", 300, 0.001)  # sized once, by the first side
     assert sizing == {
         "consume_ack": 300,
+        "fanout/2": 200,
         "batched_publish": 800,
         "sizes/65536": 250,
         "confirmed_publish": 100,
