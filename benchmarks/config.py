@@ -186,8 +186,9 @@ class BenchConfig(_Model):
     """Shortest a timed run of a counted workload should last. Where the first
     warm-up run on a backend was shorter, every later run of that figure on that
     backend (both sides, every round) handles proportionally more messages, up to
-    ``max_run_scale`` times the profile's count: a run of a few milliseconds measures
-    start-up and timer jitter, not throughput. 0 turns this off."""
+    ``max_run_scale`` times the profile's count and never past ``max_run_s``: a run of
+    a few milliseconds measures start-up and timer jitter, not throughput. 0 turns
+    this off."""
     max_run_s: float = pydantic.Field(default=0.0, ge=0)
     """Longest a run of a counted workload should take, its backlog's publishing
     included. Where the first warm-up run of a figure on a backend took longer,
@@ -199,11 +200,11 @@ class BenchConfig(_Model):
     """How far run-length sizing may move a profile's count, either way."""
     poll_idle: bool = True
     """Keep idle CPUs polling instead of halting during the run (PM QoS,
-    :mod:`benchmarks.pollidle`; needs root, else the run says it could not): on a
-    virtual machine every wake-up of a halted CPU delays a round trip by a varying
-    amount (between two runs of the same code, figures moved a median 12-13 %
-    halting and 4.7-5.6 % polling). Off: the figures include those delays, as on an
-    idling host."""
+    :mod:`benchmarks.pollidle`; needs root and a cpuidle driver, else the run says it
+    could not): on a virtual machine every wake-up of a halted CPU delays a round trip
+    by a varying amount (between two runs of the same code, figures moved a median
+    12-13 % halting and 4.7-5.6 % polling). Off: the figures include those delays, as
+    on an idling host."""
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
