@@ -172,7 +172,8 @@ def _consistent(old: str, new: str) -> bool:
 
 def _figure(params: dict[str, Any]) -> str:
     """What identifies a figure across runs: its parameters without the message
-    count, which the run-length floor sizes per run (``BenchConfig.min_run_s``)."""
+    count, which run-length sizing sets per run and machine (``BenchConfig.min_run_s``,
+    ``max_run_s``): a rate is comparable across counts, the count is not the figure."""
     return repr(sorted((k, v) for k, v in params.items() if k != "count"))
 
 
