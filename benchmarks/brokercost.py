@@ -77,8 +77,10 @@ class CostSample:
     peak_rss_mb: float
 
 
-def _machine_busy() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
+def _machine_busy() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process, steal
+    seconds: time the hypervisor ran something else while this guest's CPUs had work;
+    0 where the kernel does not report it)."""
     try:
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -88,7 +90,7 @@ def _machine_busy() -> tuple[float, float] | None:
             float(getattr(t, name, 0.0)) for name in ("user", "nice", "system", "irq", "softirq")
         )
         own = psutil.Process().cpu_times()
-        return busy, float(own.user + own.system)
+        return busy, float(own.user + own.system), float(getattr(t, "steal", 0.0))
     except Exception:
         return None
 
@@ -108,7 +110,11 @@ class CostMeter:
         #: Share of the machine's CPU (percent of all cores) used by processes other
         #: than this one and the broker while the block ran: the noise indicator.
         self.other_load_pct: float | None = None
-        self._machine0: tuple[float, float] | None = None
+        #: Steal time over the block as a share of all cores: CPU the hypervisor
+        #: withheld from this virtual machine (other guests on the host). Unlike the
+        #: share above, no process here can show it.
+        self.steal_pct: float | None = None
+        self._machine0: tuple[float, float, float] | None = None
         self._wall0 = 0.0
 
     def _watch(self) -> None:
@@ -149,8 +155,10 @@ class CostMeter:
             busy = machine1[0] - self._machine0[0]
             own = machine1[1] - self._machine0[1]
             other = max(0.0, busy - own - (broker_cpu or 0.0))
+            steal = max(0.0, machine1[2] - self._machine0[2])
             cores = os.cpu_count() or 1
             self.other_load_pct = round(min(100.0, 100.0 * other / (wall * cores)), 1)
+            self.steal_pct = round(min(100.0, 100.0 * steal / (wall * cores)), 1)
 
     def _broker_exit(self) -> float | None:
         if self.proc is None:

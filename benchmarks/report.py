@@ -793,34 +793,45 @@ def _cost_section(results: Results) -> str:
 
 
 def _noise(results: Results) -> tuple[str, str]:
-    """(one-line summary, per-target table) of other processes' CPU use."""
+    """(one-line summary, per-target table) of other processes' CPU use and of the
+    hypervisor's steal time."""
     import statistics
 
-    per_target: dict[str, list[float]] = {}
+    other: dict[str, list[float]] = {}
+    steal: dict[str, list[float]] = {}
     for p in results.points:
         if p.other_load_pct is not None:
-            per_target.setdefault(p.target, []).extend(p.other_load_pct.runs)
-    values = [v for vs in per_target.values() for v in vs]
+            other.setdefault(p.target, []).extend(p.other_load_pct.runs)
+        if p.steal_pct is not None:
+            steal.setdefault(p.target, []).extend(p.steal_pct.runs)
+    values = [v for vs in other.values() for v in vs]
     if not values:
         return "", ""
     line = (
         f"Other processes used a median {statistics.median(values):.0f}% "
-        f"(max {max(values):.0f}%) of the machine's CPU during the timed runs."
+        f"(max {max(values):.0f}%) of the machine's CPU during the timed runs"
     )
-    rows = [
-        [
-            target,
-            f"{statistics.median(vs):.0f}%",
-            f"{min(vs):.0f}%",
-            f"{max(vs):.0f}%",
-        ]
-        for target, vs in per_target.items()
-    ]
+    stolen = [v for vs in steal.values() for v in vs]
+    if stolen:  # results of a version before steal_pct have none
+        line += (
+            f"; the hypervisor withheld a median {statistics.median(stolen):.0f}% "
+            f"(max {max(stolen):.0f}%) of it (steal time)"
+        )
+    line += "."
+
+    def spread(vs: list[float]) -> list[str]:
+        if not vs:
+            return ["-", "-", "-"]
+        return [f"{statistics.median(vs):.0f}%", f"{min(vs):.0f}%", f"{max(vs):.0f}%"]
+
+    rows = [[target, *spread(vs), *spread(steal.get(target, []))] for target, vs in other.items()]
     table = (
         "CPU used by processes other than the benchmark and the measured broker, as a share "
-        "of all cores, over each timed run (other engineers' tests, other brokers). High "
-        "values mark figures taken under contention.\n\n"
-        + _table(["target", "median", "min", "max"], rows)
+        "of all cores, over each timed run (other engineers' tests, other brokers), and "
+        "the steal time over the same runs: CPU the hypervisor gave to other guests while "
+        "this machine had work, which no process here shows. High values mark figures "
+        "taken under contention.\n\n"
+        + _table(["target", "other median", "min", "max", "steal median", "min", "max"], rows)
     )
     return line, table
 

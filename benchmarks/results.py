@@ -45,6 +45,9 @@ class PointResult(pydantic.BaseModel):
     broker_peak_rss_mb: Summary | None = None
     other_load_pct: Summary | None = None
     """CPU used by other processes on the machine during the runs, % of all cores."""
+    steal_pct: Summary | None = None
+    """Steal time during the runs, % of all cores: CPU the hypervisor withheld from
+    this virtual machine (0 on bare metal or where the kernel does not report it)."""
     curve_ms: list[tuple[float, float]] | None = None
     notes: list[str] = pydantic.Field(default_factory=list)
     error: str | None = None

@@ -465,6 +465,7 @@ def merge_rounds(points: Sequence[Point]) -> list[Point]:
         into.cpu_s.extend(point.cpu_s)
         into.rss_mb.extend(point.rss_mb)
         into.other_load_pct.extend(point.other_load_pct)
+        into.steal_pct.extend(point.steal_pct)
         into.curve_ms = point.curve_ms or into.curve_ms
         into.notes.extend(n for n in point.notes if n not in into.notes)
         into.error = into.error or point.error
@@ -482,6 +483,7 @@ def _summarize(point: Point, target: TargetResult) -> PointResult:
         broker_cpu_s=summarize(point.cpu_s) if point.cpu_s else None,
         broker_peak_rss_mb=summarize(point.rss_mb) if point.rss_mb else None,
         other_load_pct=summarize(point.other_load_pct) if point.other_load_pct else None,
+        steal_pct=summarize(point.steal_pct) if point.steal_pct else None,
         curve_ms=point.curve_ms,
         notes=point.notes,
         error=point.error,

@@ -53,6 +53,7 @@ class Point:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     other_load_pct: list[float] = field(default_factory=list)
+    steal_pct: list[float] = field(default_factory=list)
 
     def add(self, metrics: dict[str, float], cost: CostMeter) -> None:
         for name, value in metrics.items():
@@ -62,6 +63,8 @@ class Point:
             self.rss_mb.append(cost.sample.peak_rss_mb)
         if cost.other_load_pct is not None:
             self.other_load_pct.append(cost.other_load_pct)
+        if cost.steal_pct is not None:
+            self.steal_pct.append(cost.steal_pct)
 
 
 class Context:
@@ -495,6 +498,7 @@ async def _backlog_drains(
     bounds = [t_start, *marks]
     share = CostMeter(None)
     share.other_load_pct = cost.other_load_pct
+    share.steal_pct = cost.steal_pct
     if cost.sample is not None:
         share.sample = CostSample(
             round(cost.sample.cpu_s / ctx.total_runs, 3), cost.sample.peak_rss_mb
