@@ -96,7 +96,7 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
     ctx.calibrate(0, "batched_publish", 100, 0.001)  # 1 ms: capped at 8x
     ctx.calibrate(0, "sizes/65536", 100, 0.001, cap=250)  # capped by its memory bound
     ctx.calibrate(0, "confirmed_publish", 100, 0.3)  # within bounds: as given
-    ctx.calibrate(0, "job_roundtrip", 1000, 2.0)  # 2 s: a quarter, to take 0.5 s
+    ctx.calibrate(0, "sizes/1024", 1000, 2.0)  # 2 s: a quarter, to take 0.5 s
     ctx.calibrate(0, "sizes/128", 1000, 0.2, took=1.0)  # the whole run counts: half
     ctx.calibrate(0, "scaling/1", 1000, 60.0)  # shrinks at most 8x
     ctx.calibrate(0, "rpc", 100, 2.0, shrink=False)  # per-run percentiles keep samples
@@ -108,7 +108,7 @@ def test_first_warmup_run_sizes_the_later_runs_of_a_figure() -> None:
         "batched_publish": 800,
         "sizes/65536": 250,
         "confirmed_publish": 100,
-        "job_roundtrip": 250,
+        "sizes/1024": 250,
         "sizes/128": 500,
         "scaling/1": 125,
         "rpc": 100,
@@ -345,6 +345,9 @@ def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> N
     # sized by the first warm-up run: up to 4x more, or down to a quarter (max_run_s)
     assert 60 // 4 <= counts["redis/raw"] <= 4 * 60
     assert any(r.workload == "consume_ack" and r.backend == "redis" for r in results.ratios)
+    # the job round trip is never sized: its latencies grow with the burst's count
+    jobs = {p.target: p.params["count"] for p in results.points if p.workload == "job_roundtrip"}
+    assert jobs == {"memory/bus": 30, "redis/raw": 30, "redis/bus": 30}
     # one machine-speed reading per backend and round, before the backend's pass
     assert sorted((p.backend, p.round) for p in results.probes) == [
         (b, r) for b in ("memory", "redis") for r in (0, 1)
