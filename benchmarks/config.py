@@ -246,14 +246,19 @@ class BenchConfig(_Model):
 def _quick() -> BenchConfig:
     return BenchConfig(
         profile="quick",
-        # Eight measured runs per figure (four per round): with min-max spreads, two
-        # runs of n measurements that differ only at random reproduce ~90 % of their
-        # figures for n = 4, ~98 % for n = 6 and ~99.5 % for n = 8
-        # (benchmarks.compare.chance_share). Measured here, with idle CPUs polling:
-        # two runs of 6 reproduced 89 % (350 and 354 s), two runs of 8 93 % (402
-        # and 419 s); the latency runs (fixed length) stay at four per rate.
-        runs=8,
-        rounds=2,
+        # Six measured runs per figure, two in each of three rounds. With min-max
+        # spreads, two runs of n measurements that differ only at random reproduce
+        # ~90 % of their figures for n = 4, ~98 % for n = 6 and ~99.5 % for n = 8
+        # (benchmarks.compare.chance_share); what they miss on a shared machine is
+        # its speed, which moved 34-43 % between runs of the same code (CPU probe)
+        # and stays for a backend's pass of a round (~40 s): a figure sees as many
+        # machine states as it has rounds. Measured on one machine, same day, a
+        # pair of runs of the same code each: 8 runs in 2 rounds 79 % reproduced
+        # (396 s a run), 6 in 4 rounds 92 % (469-471 s: a round costs Kafka ~25 s
+        # of group joins), 6 in 3 rounds 94 % (406-413 s). The latency runs (fixed
+        # length) stay at four per rate.
+        runs=6,
+        rounds=3,
         warmup_runs=1,
         # A run may take 0.2 s (backlog included) before later ones shrink: on a
         # slower machine (CPU probe 0.8-1.3 M items/s against 4-6 M, a RabbitMQ
