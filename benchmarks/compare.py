@@ -44,6 +44,9 @@ class Delta:
     before: float
     after: float
     within: bool
+    behind: bool = False
+    """A latency figure whose run fell behind its rate in either run (see
+    :meth:`benchmarks.results.PointResult.fell_behind`)."""
 
     @property
     def change(self) -> float:
@@ -101,10 +104,16 @@ class Comparison:
         missed = [d for d in self.deltas if not d.within]
         if missed:
             small = sum(abs(d.change) < 0.10 for d in missed)
-            lines.append(
+            line = (
                 f"Of the {len(missed)} that did not, {small} moved less than 10% (steady "
-                "figures with a narrow min-max miss it by a small drift)."
+                "figures with a narrow min-max miss it by a small drift)"
             )
+            if behind := sum(d.behind for d in missed):
+                line += (
+                    f"; {behind} are latencies of a backend that fell behind the rate in "
+                    "either run (a queue that grew during the run)"
+                )
+            lines.append(line + ".")
         if self.probe_change is not None:
             lines.append(
                 f"The machine itself: its CPU probe ran {100 * self.probe_change:+.0f}% "
@@ -204,7 +213,10 @@ def compare(
             params = ", ".join(
                 f"{k}={v}" for k, v in p.params.items() if k in ("rate", "consumers", "size")
             )
-            deltas.append(Delta(p.target, p.workload, params, metric, o.median, s.median, within))
+            behind = p.fell_behind() or old.fell_behind()
+            deltas.append(
+                Delta(p.target, p.workload, params, metric, o.median, s.median, within, behind)
+            )
     widths = [
         (s.max - s.min) / s.median
         for p in current.points

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import WORKLOADS
-from benchmarks.results import PointResult, Ratio, Results
+from benchmarks.results import KEPT_UP, PointResult, Ratio, Results
 from benchmarks.stats import Summary
 
 __all__ = ["load_conformance", "write_report"]
@@ -241,6 +241,8 @@ def decision_rows(
                 marker = " (raw client)"
             if p is None or p.metric(c.metric) is None:
                 continue
+            if p.fell_behind():
+                marker += " (fell behind the rate)"
             summary = p.metric(c.metric)
             assert summary is not None
             candidates.append((backend, summary, marker))
@@ -604,6 +606,8 @@ def _ratio_section(results: Results) -> str:
         if close_miss:
             line += f" Missed within the noise: {names(close_miss)}."
         text += ["", line]
+    if note := _behind_note(results):
+        text += ["", note]
     if missing:
         text += ["", "Not measured:", ""] + [f"- {m}" for m in missing]
     others = [
@@ -684,6 +688,30 @@ def _capability_section(results: Results, conformance: dict[str, dict[str, Any] 
     if failing:
         text += ["", "Failing conformance scenarios:", ""] + [f"- {f}" for f in failing]
     return "\n".join(text)
+
+
+def _behind(results: Results) -> list[PointResult]:
+    """The latency points whose publisher fell behind their rate."""
+    return [p for p in results.points if p.error is None and p.fell_behind()]
+
+
+def _behind_note(results: Results) -> str:
+    """One paragraph naming the latency runs that fell behind their rate ("" if none)."""
+    behind = _behind(results)
+    if not behind:
+        return ""
+    named = "; ".join(
+        f"{_label(p.backend)} {p.side} at {p.params['rate']:,}/s sent a median "
+        f"{p.metrics['sent_rate'].median:,.0f}/s"
+        for p in behind
+    )
+    return (
+        f"**Fell behind the rate** (the publisher sent under {100 * KEPT_UP:.0f}% of it, "
+        f"its broker confirming slower than asked): {named}. Messages queued, so these "
+        "latencies are those of a queue that grew during the run: they grow with the "
+        "run's length and move from run to run, and say that the backend could not carry "
+        "the rate here, not how fast it is at it."
+    )
 
 
 def _workload_table(
@@ -1090,6 +1118,8 @@ def render_markdown(
         ),
         "",
     ]
+    if note := _behind_note(results):
+        out += [note, ""]
     ramp = [p for p in results.points if p.workload == "latency_ramp" and p.error is None]
     if ramp:
         out += [

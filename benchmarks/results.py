@@ -13,9 +13,13 @@ import pydantic
 
 from benchmarks.stats import Summary
 
-__all__ = ["RATIO_TARGETS", "PointResult", "Probe", "Ratio", "Results", "TargetResult"]
+__all__ = ["KEPT_UP", "RATIO_TARGETS", "PointResult", "Probe", "Ratio", "Results", "TargetResult"]
 
 SCHEMA = "bus-bench/1"
+
+#: A latency run kept up with its rate when its publisher sent at least this share
+#: of it (a paced sender that falls further behind is waiting on the broker).
+KEPT_UP = 0.95
 
 
 class TargetResult(pydantic.BaseModel):
@@ -54,6 +58,17 @@ class PointResult(pydantic.BaseModel):
 
     def metric(self, name: str) -> Summary | None:
         return self.metrics.get(name)
+
+    def fell_behind(self) -> bool:
+        """A latency point whose publisher sent a median below ``KEPT_UP`` of its
+        rate: the broker confirmed slower than the rate asked, messages queued, and
+        the latencies are those of a growing queue (they grow with the run's length),
+        not a property of the backend at that rate."""
+        sent = self.metrics.get("sent_rate")
+        rate = self.params.get("rate")
+        if self.workload != "latency" or sent is None or not rate:
+            return False
+        return bool(sent.median < KEPT_UP * float(rate))
 
 
 class Ratio(pydantic.BaseModel):

@@ -16,7 +16,8 @@ from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile, session_timeout_for
-from benchmarks.results import PointResult, Probe, Ratio, Results
+from benchmarks.report import decision_rows, render_markdown
+from benchmarks.results import PointResult, Probe, Ratio, Results, TargetResult
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
 from benchmarks.workloads import Context, Point
@@ -227,6 +228,62 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert (
         "Library/raw ratios, the figures the targets judge: 1 of 1 (100%)" in comparison.markdown()
     )
+
+
+def test_latency_runs_that_fell_behind_their_rate_are_named() -> None:
+    """A paced publisher that sent under 95 % of its rate waited on its broker: the
+    report says so beside the latency figures, the decision table marks the broker,
+    and a comparison counts such figures among those that did not reproduce."""
+
+    def point(side: str, rate: int, sent: list[float], p99: list[float]) -> PointResult:
+        return PointResult(
+            target=f"rabbitmq/{side}",
+            backend="rabbitmq",
+            side=side,
+            workload="latency",
+            params={"rate": rate, "size": 1024, "duration_s": 1.0},
+            metrics={"sent_rate": summarize(sent), "p99_ms": summarize(p99)},
+        )
+
+    def results(points: list[PointResult]) -> Results:
+        return Results(
+            profile="quick",
+            command=["bus", "bench"],
+            started="2026-12-01T00:00:00+00:00",
+            duration_s=1.0,
+            config={},
+            environment={},
+            targets=[
+                TargetResult(id=f"rabbitmq/{side}", backend="rabbitmq", side=side, url="amqp://")
+                for side in ("bus", "raw")
+            ],
+            points=points,
+        )
+
+    kept = point("bus", 500, [499, 500, 501], [4.0, 5.0, 6.0])
+    behind = point("bus", 2000, [1400, 1480, 1900], [200.0, 380.0, 500.0])
+    raw = point("raw", 2000, [1990, 1998, 2000], [5.0, 6.0, 7.0])
+    assert not kept.fell_behind()
+    assert not raw.fell_behind()
+    assert behind.fell_behind()  # median 1,480 < 0.95 x 2,000
+    assert not PointResult(
+        target="redis/bus", backend="redis", side="bus", workload="consume_ack", params={}
+    ).fell_behind()
+
+    run = results([kept, behind, raw])
+    text = render_markdown(run, {}, {})
+    assert "**Fell behind the rate**" in text
+    assert "RabbitMQ bus at 2,000/s sent a median 1,480/s" in text
+    assert "RabbitMQ raw" not in text.split("**Fell behind the rate**")[1].split("\n")[0]
+    (low_latency,) = [r for r in decision_rows(run, {}) if r[0] == "Low latency"]
+    assert low_latency[2] == "**RabbitMQ** (fell behind the rate)"
+    assert "**Fell behind the rate**" not in render_markdown(results([kept, raw]), {}, {})
+
+    previous = results([point("bus", 2000, [1990, 1995, 2000], [5.0, 6.0, 7.0])])
+    text = compare(previous, results([behind])).markdown()
+    assert "Of the 1 that did not" in text
+    assert "1 are latencies of a backend that fell behind the rate in either run" in text
+    assert "fell behind" not in compare(previous, previous).markdown()
 
 
 def test_cost_meter_measures_a_process_tree(tmp_path: Path) -> None:
