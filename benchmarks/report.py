@@ -570,7 +570,15 @@ def _ratio_section(results: Results) -> str:
                 and r.metric == metric
                 and all(r.params.get(k) == v for k, v in params.items())
             ]
-            row.append(_ratio_cell(found[0] if found else None))
+            cell = _ratio_cell(found[0] if found else None)
+            behind = [
+                side
+                for side in ("bus", "raw")
+                if (q := _point(results, backend, side, workload, **params)) and q.fell_behind()
+            ]
+            if found and behind:
+                cell += f" ({' and '.join(behind)} fell behind the rate)"
+            row.append(cell)
         rows.append(row)
     missing = []
     for backend in backends:

@@ -275,6 +275,11 @@ def test_latency_runs_that_fell_behind_their_rate_are_named() -> None:
     assert "**Fell behind the rate**" in text
     assert "RabbitMQ bus at 2,000/s sent a median 1,480/s" in text
     assert "RabbitMQ raw" not in text.split("**Fell behind the rate**")[1].split("\n")[0]
+    assert "(bus fell behind the rate)" not in text  # no ratio to mark yet
+    run.ratios = compute_ratios(run.points)
+    (row,) = [line for line in render_markdown(run, {}, {}).splitlines() if "≤ 1.5" in line]
+    assert row.startswith("| RabbitMQ | ")
+    assert "(target ≤ 1.5) (bus fell behind the rate)" in row  # the latency ratio's cell
     (low_latency,) = [r for r in decision_rows(run, {}) if r[0] == "Low latency"]
     assert low_latency[2] == "**RabbitMQ** (fell behind the rate)"
     assert "**Fell behind the rate**" not in render_markdown(results([kept, raw]), {}, {})
