@@ -698,14 +698,9 @@ def _capability_section(results: Results, conformance: dict[str, dict[str, Any] 
     return "\n".join(text)
 
 
-def _behind(results: Results) -> list[PointResult]:
-    """The latency points whose publisher fell behind their rate."""
-    return [p for p in results.points if p.error is None and p.fell_behind()]
-
-
 def _behind_note(results: Results) -> str:
     """One paragraph naming the latency runs that fell behind their rate ("" if none)."""
-    behind = _behind(results)
+    behind = [p for p in results.points if p.error is None and p.fell_behind()]
     if not behind:
         return ""
     named = "; ".join(
