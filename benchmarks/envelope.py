@@ -4,11 +4,14 @@ The library publishes every attribute as a native field or header (CloudEvents
 binary mode: ``ce-id``, ``ce-source``, ``ce-time``, ... and, on NATS, a
 ``Nats-Msg-Id`` for de-duplication); the raw-client baselines of ``bus bench``
 publish the bare payload. This measures three sides on the same topic layout,
-confirmed (one at a time) and batched publish, in interleaved rounds:
+confirmed (one at a time) and batched publish, then consume + ack of what the round
+published (each side's consumer joins after the publishes, drains them and leaves),
+in interleaved rounds:
 
 * ``raw``: the raw client, bare payload (the ``bus bench`` baseline);
 * ``raw+envelope``: the same raw client and idiom, each payload with the headers
-  the library writes (encoded by the library's own encoders);
+  the library writes (encoded by the library's own encoders), and consuming such
+  messages;
 * ``bus``: the library.
 
 ``bus / raw+envelope`` is what the library's code costs; ``raw+envelope / raw``
@@ -30,12 +33,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmarks.config import profile, session_timeout_for
+from benchmarks.brokercost import CostMeter
+from benchmarks.config import BenchConfig, profile
 from benchmarks.drivers.base import Driver
 from benchmarks.pollidle import PollIdle
-from benchmarks.runner import library_factory, plan_urls
+from benchmarks.runner import for_broker, library_factory, local_broker, plan_urls
+from benchmarks.workloads import close_all, drain, open_group
 
 __all__ = ["EnvelopeRow", "envelope_cost", "main"]
+
+_DRAIN_TIMEOUT = 60.0
 
 SIDES = ("raw", "raw+envelope", "bus")
 KINDS = ("redis", "nats", "kafka")
@@ -56,8 +63,7 @@ class EnvelopeRow:
         return self.median(side) / self.median(to)
 
 
-def _raw(backend: str, url: str, *, enveloped: bool) -> Driver:
-    config = profile("quick")
+def _raw(backend: str, url: str, config: BenchConfig, *, enveloped: bool) -> Driver:
     if backend == "redis":
         from benchmarks.drivers.raw_redis import RedisRawDriver
 
@@ -69,8 +75,7 @@ def _raw(backend: str, url: str, *, enveloped: bool) -> Driver:
     if backend == "kafka":
         from benchmarks.drivers.raw_kafka import KafkaRawDriver
 
-        kafka = session_timeout_for(config.kafka, "")  # it only publishes
-        return KafkaRawDriver(backend, url, kafka, enveloped=enveloped)
+        return KafkaRawDriver(backend, url, config.kafka, enveloped=enveloped)
     raise ValueError(f"no envelope comparison for {backend!r} (only {', '.join(KINDS)})")
 
 
@@ -78,22 +83,31 @@ async def envelope_cost(
     backend: str,
     url: str,
     *,
+    config: BenchConfig | None = None,
     rounds: int = 6,
     confirmed: int = 300,
     batches: int = 10,
     batch: int = 100,
     size: int = 1024,
 ) -> list[EnvelopeRow]:
-    """Confirmed and batched publish msg/s of the three sides, ``rounds`` interleaved
-    rounds (each round: every side in turn), on topics of their own."""
+    """Confirmed and batched publish msg/s of the three sides, and consume + ack
+    msg/s of what each round published, ``rounds`` interleaved rounds (each round:
+    every side in turn), on topics of their own. ``config``: the settings both sides
+    share (default: the quick profile's, decided for the broker at ``url``)."""
+    if config is None:
+        (plan,) = plan_urls([url])
+        config = for_broker(profile("quick"), plan, local_broker(plan)[1])
     drivers = {
-        "raw": _raw(backend, url, enveloped=False),
-        "raw+envelope": _raw(backend, url, enveloped=True),
-        "bus": library_factory(backend, url, profile("quick"))(),
+        "raw": _raw(backend, url, config, enveloped=False),
+        "raw+envelope": _raw(backend, url, config, enveloped=True),
+        "bus": library_factory(backend, url, config)(),
     }
     topics = {side: f"bench.env.{uuid.uuid4().hex[:8]}" for side in SIDES}
     payload = b"x" * size
-    rows = [EnvelopeRow(backend, w, {s: [] for s in SIDES}) for w in ("confirmed", "batched")]
+    workloads = ("confirmed", "batched", "consume")
+    rows = [EnvelopeRow(backend, w, {s: [] for s in SIDES}) for w in workloads]
+    prefetch = config.prefetch
+    published = confirmed + batches * batch
     opened: list[Driver] = []
     try:
         for side, driver in drivers.items():
@@ -111,6 +125,13 @@ async def envelope_cost(
                 for _ in range(batches):
                     await driver.publish_batch(topic, [payload] * batch)
                 rows[1].runs[side].append(batches * batch / (time.perf_counter() - t0))
+                consumer = driver.consumer(topic, "g", prefetch)
+                await open_group([consumer])
+                try:
+                    elapsed = await drain([consumer], published, CostMeter(None), _DRAIN_TIMEOUT)
+                finally:
+                    await close_all([consumer])
+                rows[2].runs[side].append(published / elapsed)
     finally:
         for side, driver in zip(SIDES, opened, strict=False):
             with contextlib.suppress(Exception):
@@ -123,7 +144,7 @@ async def envelope_cost(
 def markdown(rows: Sequence[EnvelopeRow]) -> str:
     """A table of medians (min-max) and the two ratios."""
     lines = [
-        "| backend | publish | raw msg/s | raw+envelope msg/s | bus msg/s "
+        "| backend | workload | raw msg/s | raw+envelope msg/s | bus msg/s "
         "| bus / raw | bus / raw+envelope | raw+envelope / raw |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -143,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.envelope",
         description="What the CloudEvents envelope costs: raw client bare, raw client "
-        "with the library's headers, and the library, on confirmed and batched publish.",
+        "with the library's headers, and the library, on confirmed and batched publish "
+        "and consume + ack.",
     )
     parser.add_argument("urls", nargs="+", metavar="URL", help="redis://, nats:// or kafka://")
     parser.add_argument("--rounds", type=int, default=6)
@@ -166,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 envelope_cost(
                     plan.backend,
                     plan.url,
+                    config=for_broker(profile("quick"), plan, local_broker(plan)[1]),
                     rounds=args.rounds,
                     confirmed=args.confirmed,
                     batches=args.batches,

@@ -218,6 +218,27 @@ def _broker_info_from_process(proc: Any) -> dict[str, Any]:
     return out
 
 
+def local_broker(plan: BackendPlan) -> tuple[Any, dict[str, Any]]:
+    """The process of ``plan``'s broker where it listens on this machine (else None),
+    and what is known of the broker (``local``, ``implementation``, ``version``...)."""
+    port = plan.local_port
+    proc = find_listener(port) if port and not plan.reason else None
+    broker: dict[str, Any] = {"local": proc is not None}
+    if plan.backend == "memory":
+        broker = {"implementation": "in-process (backends.memory)", "local": True}
+    elif proc is not None:
+        broker.update(_broker_info_from_process(proc))
+    return proc, broker
+
+
+def for_broker(config: BenchConfig, plan: BackendPlan, broker: dict[str, Any]) -> BenchConfig:
+    """``config`` with the settings decided per broker (Kafka's session timeout)."""
+    if plan.backend != "kafka":
+        return config
+    kafka = session_timeout_for(config.kafka, str(broker.get("implementation", "")))
+    return config.model_copy(update={"kafka": kafka})
+
+
 # -- running -------------------------------------------------------------------------
 
 
@@ -282,16 +303,8 @@ async def _open_backend(
     """Connect both sides of ``plan`` (None when the backend is not measured)."""
     from bus import redact_url
 
-    port = plan.local_port
-    proc = find_listener(port) if port and not plan.reason else None
-    broker: dict[str, Any] = {"local": proc is not None}
-    if plan.backend == "memory":
-        broker = {"implementation": "in-process (backends.memory)", "local": True}
-    elif proc is not None:
-        broker.update(_broker_info_from_process(proc))
-    if plan.backend == "kafka":
-        kafka = session_timeout_for(config.kafka, str(broker.get("implementation", "")))
-        config = config.model_copy(update={"kafka": kafka})
+    proc, broker = local_broker(plan)
+    config = for_broker(config, plan, broker)
 
     sides: list[_Side] = []
     raw = raw_factory(plan.backend, plan.url, config) if config.raw else None

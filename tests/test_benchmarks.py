@@ -353,11 +353,11 @@ async def test_envelope_cost_compares_bare_enveloped_and_library(redis_broker: B
         await driver.close()
 
     rows = await envelope_cost("redis", redis_broker.url, rounds=2, confirmed=5, batches=2, batch=5)
-    assert [r.workload for r in rows] == ["confirmed", "batched"]
+    assert [r.workload for r in rows] == ["confirmed", "batched", "consume"]
     for row in rows:
         assert all(len(row.runs[side]) == 2 and min(row.runs[side]) > 0 for side in SIDES)
     table = markdown(rows)
-    assert table.count("| redis |") == 2
+    assert table.count("| redis |") == 3
     assert "bus / raw+envelope" in table
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from backends.redis_streams.entries import to_fields
+from backends.redis_streams.entries import DATA, to_fields
 from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message
 
 __all__ = ["RedisRawDriver"]
@@ -22,19 +22,22 @@ _FIELD = b"d"
 
 
 class _RedisConsumer(Consumer):
-    def __init__(self, r: aioredis.Redis, key: str, group: str, prefetch: int) -> None:
+    def __init__(
+        self, r: aioredis.Redis, key: str, group: str, prefetch: int, field: bytes
+    ) -> None:
         super().__init__()
         self._r = r
         self._key = key
         self._group = group
         self._prefetch = prefetch
+        self._field = field
         self._name = f"c{id(self):x}"
 
     async def open(self) -> None:
         pass  # XREADGROUP creates the consumer on first read
 
     async def run(self, on_message: OnMessage, stop: asyncio.Event) -> None:
-        r, key, group, name = self._r, self._key, self._group, self._name
+        r, key, group, name, field = self._r, self._key, self._group, self._name, self._field
         streams: Any = {key: ">"}
         now = time.monotonic_ns
         while not stop.is_set():
@@ -44,7 +47,7 @@ class _RedisConsumer(Consumer):
             ids = []
             for _key, entries in resp:
                 for mid, fields in entries:
-                    on_message(fields[_FIELD])
+                    on_message(fields[field])
                     ids.append(mid)
             await r.xack(key, group, *ids)
             self.last_settle_ns = now()
@@ -111,7 +114,9 @@ class RedisRawDriver(Driver):
         await pipe.execute()
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
-        return _RedisConsumer(self.r, self.key(topic), group, prefetch)
+        # entries written enveloped carry the payload in the library's data field
+        field = DATA.encode() if self.enveloped else _FIELD
+        return _RedisConsumer(self.r, self.key(topic), group, prefetch, field)
 
     async def cleanup(self, topics: Sequence[str], groups: Sequence[str]) -> None:
         if topics:
