@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,20 @@ TINY = [
     "rpc.count=5",
     "workload_timeout_s=60",
 ]
+
+
+def _results(points: list[PointResult], targets: Sequence[TargetResult] = ()) -> Results:
+    """A results file holding ``points`` (and ``targets``), as a run would write it."""
+    return Results(
+        profile="quick",
+        command=["bus", "bench"],
+        started="2026-12-01T00:00:00+00:00",
+        duration_s=1.0,
+        config={},
+        environment={},
+        targets=list(targets),
+        points=points,
+    )
 
 
 def test_quick_profile_overrides_are_validated() -> None:
@@ -164,16 +179,7 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
                 metrics={"msg_s": summarize(values)},
             )
 
-        return Results(
-            profile="quick",
-            command=["bus", "bench"],
-            started="2026-11-30T00:00:00+00:00",
-            duration_s=1.0,
-            config={},
-            environment={},
-            targets=[],
-            points=[point("consume_ack", consume), point("batched_publish", publish)],
-        )
+        return _results([point("consume_ack", consume), point("batched_publish", publish)])
 
     before = results([90, 100, 110], [1000, 1100, 1200])
     after = results([95, 108, 125], [1500, 1600, 1700])  # consume overlaps, publish not
@@ -246,18 +252,12 @@ def test_latency_runs_that_fell_behind_their_rate_are_named() -> None:
         )
 
     def results(points: list[PointResult]) -> Results:
-        return Results(
-            profile="quick",
-            command=["bus", "bench"],
-            started="2026-12-01T00:00:00+00:00",
-            duration_s=1.0,
-            config={},
-            environment={},
-            targets=[
+        return _results(
+            points,
+            [
                 TargetResult(id=f"rabbitmq/{side}", backend="rabbitmq", side=side, url="amqp://")
                 for side in ("bus", "raw")
             ],
-            points=points,
         )
 
     kept = point("bus", 500, [499, 500, 501], [4.0, 5.0, 6.0])
