@@ -255,8 +255,8 @@ def _quick() -> BenchConfig:
         # machine states as it has rounds. Measured on one machine, same day, a
         # pair of runs of the same code each: 8 runs in 2 rounds 79 % reproduced
         # (396 s a run), 6 in 4 rounds 92 % (469-471 s: a round costs Kafka ~25 s
-        # of group joins), 6 in 3 rounds 94, 90 and 93 % in three pairs (405-413
-        # s). The latency runs (fixed length) stay at four per rate.
+        # of group joins), 6 in 3 rounds 90-94 % in four pairs (405-416 s). The
+        # latency runs (fixed length) stay at four per rate.
         runs=6,
         rounds=3,
         warmup_runs=1,
