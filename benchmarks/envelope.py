@@ -188,7 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 envelope_cost(
                     plan.backend,
                     plan.url,
-                    config=for_broker(profile("quick"), plan, local_broker(plan)[1]),
                     rounds=args.rounds,
                     confirmed=args.confirmed,
                     batches=args.batches,
