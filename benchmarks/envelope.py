@@ -10,8 +10,9 @@ in interleaved rounds:
 
 * ``raw``: the raw client, bare payload (the ``bus bench`` baseline);
 * ``raw+envelope``: the same raw client and idiom, each payload with the headers
-  the library writes (encoded by the library's own encoders), and consuming such
-  messages;
+  the library writes (encoded once per topic by the library's own encoders; per
+  message only a fresh id and time, as a raw client at its best would), and
+  consuming such messages;
 * ``bus``: the library.
 
 ``bus / raw+envelope`` is what the library's code costs; ``raw+envelope / raw``

@@ -4,6 +4,7 @@ structure and that the report and charts are written; no timing assertions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -337,17 +338,31 @@ def test_chance_share_is_the_ceiling_of_random_variation() -> None:
 
 @pytest.mark.broker("redis")
 async def test_envelope_cost_compares_bare_enveloped_and_library(redis_broker: Broker) -> None:
+    from backends.redis_streams.entries import from_fields, to_fields
+    from benchmarks.drivers.base import envelope_message
     from benchmarks.drivers.raw_redis import RedisRawDriver
     from benchmarks.envelope import SIDES, envelope_cost, markdown
 
-    # the enveloped raw side writes exactly the fields the library writes
+    # the enveloped raw side writes exactly the fields the library writes, with a
+    # fresh id and time per message, and the library decodes what it wrote
+    library_fields = to_fields(envelope_message("env.check"))
     driver = RedisRawDriver("redis", redis_broker.url, enveloped=True)
     await driver.open()
     try:
         await driver.publish("env.check", b"payload")
-        ((_, fields),) = await driver.r.xrange(driver.key("env.check"))
-        assert fields[b"bus-data"] == b"payload"
-        assert {b"ce-id", b"ce-source", b"ce-time", b"content-type"} <= set(fields)
+        await driver.publish_batch("env.check", [b"second"])
+        entries = await driver.r.xrange(driver.key("env.check"))
+        assert [f[b"bus-data"] for _, f in entries] == [b"payload", b"second"]
+        for _, fields in entries:
+            assert list(fields) == [str(n).encode() for n in library_fields[::2]]
+        messages = [
+            from_fields("env.check", entry_id.decode(), list(itertools.chain(*f.items())))[0]
+            for entry_id, f in entries
+        ]
+        assert [m.data for m in messages] == [b"payload", b"second"]
+        assert messages[0].id != messages[1].id
+        assert messages[0].source == "bench"
+        assert messages[0].time <= messages[1].time
     finally:
         await driver.cleanup(["env.check"], [])
         await driver.close()

@@ -13,12 +13,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from backends.redis_streams.entries import DATA, to_fields
-from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message
+from backends.redis_streams.entries import DATA, PREFIX, to_fields
+from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message, fresh_attributes
 
 __all__ = ["RedisRawDriver"]
 
 _FIELD = b"d"
+_ID, _TIME = f"{PREFIX}id", f"{PREFIX}time"
 
 
 class _RedisConsumer(Consumer):
@@ -65,6 +66,7 @@ class RedisRawDriver(Driver):
         self._r: aioredis.Redis | None = None
         #: publish the library's CloudEvents fields with each payload (envelope cost)
         self.enveloped = enveloped
+        self._templates: dict[str, dict[Any, Any]] = {}
 
     @property
     def r(self) -> aioredis.Redis:
@@ -93,8 +95,12 @@ class RedisRawDriver(Driver):
                     raise
 
     def _fields(self, topic: str, payload: bytes) -> dict[Any, Any]:
-        flat = to_fields(envelope_message(topic, payload))
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        template = self._templates.get(topic)
+        if template is None:
+            flat = to_fields(envelope_message(topic))
+            template = self._templates[topic] = dict(zip(flat[::2], flat[1::2], strict=True))
+        mid, when = fresh_attributes()
+        return {**template, DATA: payload, _ID: mid, _TIME: when}
 
     async def publish(self, topic: str, payload: bytes) -> None:
         if self.enveloped:
