@@ -126,6 +126,13 @@ SLOTS = 15
 """Length of the attribute list :func:`build` takes."""
 
 
+def reply_to_name(prefix: str = "ce-") -> str:
+    """The header that carries ``reply_to``: a receive path that finds no such header
+    knows the message asks for no reply without decoding the rest
+    (:func:`bus.message.deferred`)."""
+    return prefix + "replyto"
+
+
 @functools.cache
 def attribute_slots(prefix: str = "ce-") -> dict[str, int]:
     """Header name -> slot in the attribute list of :func:`build`.
@@ -145,7 +152,7 @@ def attribute_slots(prefix: str = "ce-") -> dict[str, int]:
         "traceparent": _TRACE,
         prefix + "correlationid": _CORRELATION,
         prefix + "causationid": _CAUSATION,
-        prefix + "replyto": _REPLY_TO,
+        reply_to_name(prefix): _REPLY_TO,
         prefix + "priority": _PRIORITY,
         prefix + "datacontenttype": _CONTENT_TYPE_ALT,
         prefix + "traceparent": _TRACE_ALT,

@@ -161,9 +161,10 @@ class _Deferred(Message):
     pickling, copying, :meth:`evolve` and ``dataclasses.replace`` give plain messages.
     """
 
-    __slots__ = ("_decode", "_plain")
+    __slots__ = ("_decode", "_plain", "_replies")
     _decode: Callable[[], Message] | None
     _plain: Message | None
+    _replies: bool
 
     def __new__(cls, **fields: Any) -> Message:  # type: ignore[misc]
         # only reached through dataclasses.replace(): the copy is a plain message
@@ -206,14 +207,35 @@ def _deferred_attribute(name: str) -> property:
     return property(get, doc=f"``{name}``, decoded on first access")
 
 
+def _deferred_reply_to() -> property:
+    read = vars(Message)["reply_to"].__get__
+
+    def get(self: _Deferred) -> Any:
+        plain = self._plain
+        if plain is None:
+            if not self._replies:
+                return None
+            plain = self._resolve()
+        return read(plain)
+
+    return property(
+        get,
+        doc="``reply_to``, decoded on first access (None at once when the wire form carries none)",
+    )
+
+
 for _name in _FIELDS:
-    if _name not in ("topic", "data"):
+    if _name not in ("topic", "data", "reply_to"):
         setattr(_Deferred, _name, _deferred_attribute(_name))
+_Deferred.reply_to = _deferred_reply_to()  # type: ignore[assignment]
 _set_decode = vars(_Deferred)["_decode"].__set__
 _set_plain = vars(_Deferred)["_plain"].__set__
+_set_replies = vars(_Deferred)["_replies"].__set__
 
 
-def deferred(topic: str, data: bytes, decode: Callable[[], Message]) -> Message:
+def deferred(
+    topic: str, data: bytes, decode: Callable[[], Message], *, replies: bool = True
+) -> Message:
     """A :class:`Message` whose ``topic`` and ``data`` are set and whose other
     attributes are read from ``decode()``, called once, on first access.
 
@@ -221,10 +243,14 @@ def deferred(topic: str, data: bytes, decode: Callable[[], Message]) -> Message:
     for decoding the envelope (~3 us per message). ``decode`` returns the message
     the backend would have built eagerly (same ``topic`` and ``data``) and must not
     raise: a backend turns what it cannot decode into a message, as it does eagerly.
+    ``replies=False`` is the backend's promise that the wire form carries no reply
+    address: ``reply_to`` is then None without decoding (a worker reads it after
+    every handler, to send the return value to a requester).
     """
     m = _new(_Deferred)
     _set_topic(m, topic)
     _set_data(m, data)
     _set_decode(m, decode)
     _set_plain(m, None)
+    _set_replies(m, replies)
     return m

@@ -10,6 +10,7 @@ import inspect
 import os
 import pickle
 import re
+from collections.abc import Callable
 
 import pytest
 from pydantic import BaseModel
@@ -257,6 +258,47 @@ def test_deferred_message_decodes_once_on_first_access_and_acts_as_plain() -> No
     assert lazy.evolve(type="other").type == "other"
     assert dataclasses.replace(lazy, key="k2").key == "k2"
     assert dataclasses.asdict(lazy) == dataclasses.asdict(plain)
+
+
+def test_deferred_reply_to_without_a_reply_header_needs_no_decoding() -> None:
+    plain = bus.Message(id="m1", topic="t", data=b"x", type="job")
+    asking = plain.evolve(reply_to="inbox-1")
+    calls: list[bus.Message] = []
+
+    def decoder(message: bus.Message) -> Callable[[], bus.Message]:
+        def decode() -> bus.Message:
+            calls.append(message)
+            return message
+
+        return decode
+
+    # the backend found no reply header: None at once, the rest still decodes
+    quiet = deferred("t", b"x", decoder(plain), replies=False)
+    assert (quiet.reply_to, calls) == (None, [])
+    assert (quiet.type, calls) == ("job", [plain])
+    assert (quiet.reply_to, quiet) == (None, plain)
+    # it may carry one (the default): read from the decoded message
+    calls.clear()
+    lazy = deferred("t", b"x", decoder(asking))
+    assert (lazy.reply_to, calls) == ("inbox-1", [asking])
+
+
+def test_wire_forms_say_whether_they_carry_a_reply_address() -> None:
+    from backends.kafka.records import encode_headers, to_message
+    from backends.redis_streams.entries import from_fields, to_fields
+
+    plain = bus.Message(id="m1", topic="t", data=b"x")
+    asking = plain.evolve(reply_to="inbox-1")
+    for sent in (plain, asking):
+        flat = [f if isinstance(f, bytes) else f.encode() for f in to_fields(sent)]
+        entry, _ = from_fields("t", "1-0", flat)
+        record = to_message("t", 0, 5, None, b"x", 0, encode_headers(sent))
+        for received in (entry, record):
+            # plain messages answer reply_to without decoding (the worker reads it
+            # after every handler); those asking for a reply decode it
+            assert received._replies is (sent.reply_to is not None)  # type: ignore[attr-defined]
+            assert received.reply_to == sent.reply_to
+            assert received == sent
 
 
 def test_redis_entries_decode_lazily_in_any_field_order() -> None:

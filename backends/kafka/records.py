@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 from bus import codec
-from bus.envelope import from_headers, to_headers
+from bus.envelope import from_headers, reply_to_name, to_headers
 from bus.errors import DecodeError
 from bus.message import Message, deferred
 
@@ -40,6 +40,7 @@ ATTEMPT = "bus-attempt"
 GROUP = "bus-group"
 NOT_BEFORE = "bus-not-before"
 _INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE)
+_REPLY_TO = reply_to_name(PREFIX)
 
 RecordHeaders = list[tuple[str, bytes]]
 
@@ -81,9 +82,9 @@ def to_message(
     """
     data = value or b""
     # a partial, not a closure: one object per record instead of a function and cells
-    return deferred(
-        topic, data, partial(_decode, topic, partition, offset, key, data, timestamp_ms, headers)
-    )
+    decode = partial(_decode, topic, partition, offset, key, data, timestamp_ms, headers)
+    replies = any(name == _REPLY_TO for name, _ in headers)
+    return deferred(topic, data, decode, replies=replies)
 
 
 def _decode(

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 
-from bus.envelope import SLOTS, attribute_slots, build, to_headers
+from bus.envelope import SLOTS, attribute_slots, build, reply_to_name, to_headers
 from bus.errors import DecodeError
 from bus.message import Message, deferred
 
@@ -42,6 +42,7 @@ def to_fields(message: Message) -> list[str | bytes]:
 # pass over its fields with one dict lookup each (it runs once per delivery).
 _SLOTS = {name.encode(): slot for name, slot in attribute_slots(PREFIX).items()}
 _DATA, _ATTEMPTS = DATA.encode(), ATTEMPTS.encode()
+_REPLY_TO = reply_to_name(PREFIX).encode()
 _PREFIX = PREFIX.encode()
 
 
@@ -78,7 +79,10 @@ def from_fields(topic: str, entry_id: str, fields: Fields) -> tuple[Message, int
         except ValueError:
             prior = 0
     # a partial, not a closure: one object per entry instead of a function and cells
-    return deferred(topic, data, partial(_decode, topic, entry_id, data, fields)), prior
+    # `in` on the flat list also matches values: a false match only decodes early
+    replies = _REPLY_TO in fields
+    decode = partial(_decode, topic, entry_id, data, fields)
+    return deferred(topic, data, decode, replies=replies), prior
 
 
 def _decode(topic: str, entry_id: str, data: bytes, fields: Fields) -> Message:
