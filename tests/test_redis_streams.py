@@ -662,3 +662,97 @@ def test_hiredis_packing_is_byte_identical_to_redis_py() -> None:
     assert b"".join(fast.pack_command("SET", "k", view)) == b"".join(
         plain.pack_command("SET", "k", view)
     )
+
+
+async def test_concurrent_publishes_share_round_trips(redis_broker: Broker) -> None:
+    """Eight tasks publishing one message at a time: every message lands once, each
+    task's messages in its order, in fewer pipelines than publishes; a message the
+    server refuses fails only its own caller's publish."""
+    topic, refused = _topic("coalesce"), _topic("coalesce-refused")
+    async with bus.connect(redis_broker.url) as b, _raw(redis_broker.url) as r:
+        backend = _backend(b)
+        await b.declare(topic, groups=["g"])
+        await r.set(f"bus:{{{refused}}}", "not a stream")  # XADD to it: WRONGTYPE
+        try:
+            before = backend._coalescer.sends
+
+            async def publisher(p: int) -> list[str]:
+                return [await b.publish(topic, f"{p}:{i}".encode()) for i in range(250)]
+
+            ids = await asyncio.gather(*(publisher(p) for p in range(8)))
+            sends = backend._coalescer.sends - before
+            entries = await r.xrange(f"bus:{{{topic}}}")
+            assert len(entries) == 2000
+            by_id = {f[b"ce-id"].decode(): f[b"bus-data"].decode() for _, f in entries}
+            assert set(by_id) == {i for p in ids for i in p}
+            for p, mine in enumerate(ids):
+                assert [by_id[i] for i in mine] == [f"{p}:{i}" for i in range(250)]
+            order = [f[b"bus-data"].decode() for _, f in entries]
+            for p in range(8):
+                seq = [int(x.split(":")[1]) for x in order if x.startswith(f"{p}:")]
+                assert seq == sorted(seq)  # each task's messages land in its order
+            assert sends < 2000, sends  # eight publishers, far fewer round trips
+
+            outcomes = await asyncio.gather(
+                *(b.publish(refused if n % 4 == 0 else topic, b"x") for n in range(16)),
+                return_exceptions=True,
+            )
+            failed = [n for n, o in enumerate(outcomes) if isinstance(o, BaseException)]
+            assert failed == [0, 4, 8, 12]
+            assert all(isinstance(outcomes[n], bus.PublishError) for n in failed)
+            assert "WRONGTYPE" in str(outcomes[0])
+            assert await r.xlen(f"bus:{{{topic}}}") == 2012
+        finally:
+            await r.delete(f"bus:{{{refused}}}")
+            await _drop_topic(redis_broker.url, topic)
+            await _drop_topic(redis_broker.url, refused)
+
+
+async def test_coalescer_merges_what_queues_and_answers_each_caller() -> None:
+    """The merging itself, with a send that records its pipelines: a lone caller goes
+    at once; callers queued meanwhile go in one pipeline up to the limit, each getting
+    its own results; a caller cancelled while queued sends nothing; a failed pipeline
+    fails every caller in it and no other."""
+    from backends.redis_streams.coalesce import Coalescer
+    from backends.redis_streams.connection import Command
+
+    sent: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def send(ops: list[Command], what: str) -> list[object]:
+        sent.append([op.args[1] for op in ops])
+        await gate.wait()
+        if any(op.args[1] == "boom" for op in ops):
+            raise bus.PublishError(f"{what}: refused")
+        return [f"ok:{op.args[1]}" for op in ops]
+
+    def ops(*names: str) -> list[Command]:
+        return [Command(("XADD", n)) for n in names]
+
+    c = Coalescer(send, limit=3)  # type: ignore[arg-type]
+    first = asyncio.create_task(c.run(ops("a"), "w"))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(c.run(ops(n), "w")) for n in ("b", "c", "d", "e")]
+    two = asyncio.create_task(c.run(ops("f", "g"), "w"))
+    await asyncio.sleep(0)
+    queued[1].cancel()  # "c": cancelled before it went out
+    gate.set()
+    assert await first == ["ok:a"]
+    assert [await queued[i] for i in (0, 2, 3)] == [["ok:b"], ["ok:d"], ["ok:e"]]
+    assert await two == ["ok:f", "ok:g"]
+    assert sent == [["a"], ["b", "d", "e"], ["f", "g"]]  # limit 3 per pipeline
+    assert c.sends == 3
+
+    gate.clear()
+    sent.clear()
+    lone = asyncio.create_task(c.run(ops("h"), "w"))
+    await asyncio.sleep(0)
+    bad = [asyncio.create_task(c.run(ops(n), "w")) for n in ("boom", "i")]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await lone == ["ok:h"]
+    for task in bad:  # the pipeline failed: both of its callers see it
+        with pytest.raises(bus.PublishError, match="refused"):
+            await task
+    assert sent == [["h"], ["boom", "i"]]
+    await c.close()

@@ -18,6 +18,7 @@ from bus.errors import BrokerUnavailable, BusError, PublishError
 from bus.message import Message
 from bus.options import BackendOptions
 
+from .coalesce import Coalescer
 from .connection import Command, Connection, Op, ScriptCall
 from .entries import to_fields
 from .keys import TopicKeys
@@ -109,6 +110,8 @@ class RedisStreamsBackend(Backend):
         self._maxlen = str(options.maxlen) if options.trim == "maxlen" else ""
         self._subscriptions: set[_Base] = set()
         self._housekeep_at: dict[str, float] = {}
+        # concurrent publishes share round trips (see coalesce.py)
+        self._coalescer = Coalescer(self._send_publish, PIPELINE_CHUNK)
         self._heartbeat: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -140,6 +143,7 @@ class RedisStreamsBackend(Backend):
                 self._heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._heartbeat
+            await self._coalescer.close()
             await self.conn.close()
 
     def forget(self, sub: BackendSubscription) -> None:
@@ -237,18 +241,17 @@ class RedisStreamsBackend(Backend):
                 self._housekeep_at.clear()  # bounded memory with very many topics
             self._housekeep_at[topic] = now + self.options.housekeeping_interval
             tail.append(self.housekeep_call(keys))
-        deadline = now + self.options.operation_timeout
+        what = f"publishing to {topic!r}"
         for first in range(0, len(ops), PIPELINE_CHUNK):
             chunk = ops[first : first + PIPELINE_CHUNK]
             sent = len(chunk)
             if first + PIPELINE_CHUNK >= len(ops):
                 chunk = chunk + tail
             try:
-                results = await self.conn.retrying(
-                    lambda chunk=chunk: self.conn.pipeline(chunk),  # type: ignore[misc]
-                    f"publishing to {topic!r}",
-                    deadline=deadline,
-                )
+                if len(chunk) <= PIPELINE_CHUNK:
+                    results = await self._coalescer.run(chunk, what)
+                else:  # a full chunk and its tail: alone, as it is big enough
+                    results = await self._send_publish(chunk, what)
             except BrokerUnavailable:
                 raise
             except BusError as exc:
@@ -262,6 +265,12 @@ class RedisStreamsBackend(Backend):
                         f"{self.conn.describe(result)}"
                     ) from result
                 log.warning("housekeeping of %r failed: %s", topic, self.conn.describe(result))
+
+    async def _send_publish(self, ops: list[Op], what: str) -> list[Any]:
+        """One pipeline of publishing operations, retried while the broker is
+        unreachable for up to ``operation_timeout`` from now."""
+        deadline = time.monotonic() + self.options.operation_timeout
+        return await self.conn.retrying(lambda: self.conn.pipeline(ops), what, deadline=deadline)
 
     async def declare(self, topic: str, groups: Sequence[str]) -> None:
         await self.declare_groups(self.keys(topic), groups, "$")
