@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .connection import Op
@@ -39,19 +39,19 @@ class Coalescer:
         self.sends = 0
         """Pipelines sent (for tests and introspection)."""
 
-    async def run(self, ops: Sequence[Op], what: str) -> list[Any]:
+    async def run(self, ops: list[Op], what: str) -> list[Any]:
         """The results of ``ops`` (at most ``limit`` of them), in order; raises what
         ``send`` raised for the pipeline they went in."""
         if not self._busy:
             self._busy = True
             self.sends += 1
             try:
-                return await self._send(list(ops), what)
+                return await self._send(ops, what)
             finally:
                 self._busy = False
                 self._start_flush()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((list(ops), what, future))
+        self._queue.append((ops, what, future))
         # a caller cancelled here cancels only its wait: its operations may still be
         # sent (a publish is at-least-once; the caller did not see a confirm)
         return await future
