@@ -54,7 +54,9 @@ delay / nack delay  per-delay TTL wait queue (quorum, ``x-message-ttl``) dead-le
                     Delays round up to a ladder (10 ms steps, then the R20 series:
                     never early, at most 10 ms or 14.3% late); a wait queue expires a
                     day after its last use. A delayed message whose topic has no queue
-                    when it is due is dropped (no return is possible then)
+                    when it is due is not dropped: the wait queue dead-letters at least
+                    once, so the broker keeps it and retries until a queue is bound or
+                    the wait queue expires
 priority            classic queues with ``x-max-priority`` 9 (``queue_type=classic``);
                     unsupported with quorum queues (RabbitMQ 3.10 has none)
 dead letter         ``dead_letter(reason)``: confirmed copy with ``bus-dlq-*`` headers
