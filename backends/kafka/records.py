@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from functools import partial
+from operator import itemgetter
 
 from bus import codec
 from bus.envelope import from_headers, reply_to_name, to_headers
@@ -41,6 +42,7 @@ GROUP = "bus-group"
 NOT_BEFORE = "bus-not-before"
 _INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE)
 _REPLY_TO = reply_to_name(PREFIX)
+_name = itemgetter(0)
 
 RecordHeaders = list[tuple[str, bytes]]
 
@@ -83,7 +85,7 @@ def to_message(
     data = value or b""
     # a partial, not a closure: one object per record instead of a function and cells
     decode = partial(_decode, topic, partition, offset, key, data, timestamp_ms, headers)
-    replies = any(name == _REPLY_TO for name, _ in headers)
+    replies = _REPLY_TO in map(_name, headers)  # scanned in C: no generator per record
     return deferred(topic, data, decode, replies=replies)
 
 

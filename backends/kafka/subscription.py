@@ -176,20 +176,22 @@ class _KafkaSubscription(BackendSubscription):
     def _accepts(self, tp: TopicPartition) -> bool:
         raise NotImplementedError
 
-    def _track(self, tp: TopicPartition, offset: int) -> bool:
-        """Note that ``offset`` was pulled; False to ignore the record (stale)."""
+    def _fresh(self, tp: TopicPartition) -> int:
+        """The lowest offset of ``tp`` to take: records below it are stale."""
         raise NotImplementedError
+
+    def _registry(self, tp: TopicPartition) -> dict[int, Pending] | None:
+        """Where the unsettled records of ``tp`` are registered by offset (None: not
+        tracked, nothing is committed)."""
+        return None
 
     def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
         """Whether a pulled record is for this consumer (else it counts as settled);
         ``group`` is its ``bus-group`` header (redelivery copies are for one group)."""
         raise NotImplementedError
 
-    def _pulled(self, tp: TopicPartition) -> None:
-        """Records of ``tp`` were pulled (after :meth:`_track` of each)."""
-
-    def _add(self, record: Pending) -> None:
-        """Register a record as pending."""
+    def _pulled(self, tp: TopicPartition, end: int) -> None:
+        """The records of ``tp`` before offset ``end`` were pulled."""
 
     def _settled(self, record: Pending) -> None:
         """A pending record was settled."""
@@ -247,22 +249,26 @@ class _KafkaSubscription(BackendSubscription):
         # bus-not-before) only on redelivery copies, after every other header, and
         # user headers cannot start with bus-: a record whose last header does not
         # is a first delivery for every consumer, due now.
-        ready, add, track = self._ready, self._add, self._track
+        # The partition's bookkeeping is looked up once per batch, not per record.
+        ready = self._ready
         for tp, batch in records.items():
-            if not self._accepts(tp):
+            if not batch or not self._accepts(tp):
                 continue
+            low = self._fresh(tp)
+            registry = self._registry(tp)
             for rec in batch:
                 offset = rec.offset
-                if not track(tp, offset):
+                if offset < low:
                     continue
                 raw = rec.headers or ()
                 if raw and raw[-1][0].startswith("bus-"):
                     self._ingest_marked(tp, rec, raw)
                     continue
                 pending = Pending(tp, offset, rec.key, rec.value, raw, rec.timestamp, 1)
-                add(pending)
+                if registry is not None:
+                    registry[offset] = pending
                 ready.append(pending)
-            self._pulled(tp)
+            self._pulled(tp, batch[-1].offset + 1)
 
     def _ingest_marked(
         self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], raw: Sequence[tuple[str, bytes]]
@@ -277,7 +283,9 @@ class _KafkaSubscription(BackendSubscription):
         pending = Pending(
             tp, offset, rec.key, rec.value, raw, rec.timestamp, _attempt(found.get(ATTEMPT))
         )
-        self._add(pending)
+        registry = self._registry(tp)
+        if registry is not None:
+            registry[offset] = pending
         due = _not_before(found.get(NOT_BEFORE))
         if due > time.time():
             pending.due = due
@@ -460,8 +468,8 @@ class BroadcastSubscription(_KafkaSubscription):
     def _accepts(self, tp: TopicPartition) -> bool:
         return True
 
-    def _track(self, tp: TopicPartition, offset: int) -> bool:
-        return offset >= self._start.get(tp, 0)
+    def _fresh(self, tp: TopicPartition) -> int:
+        return self._start.get(tp, 0)  # records before the start offsets are not ours
 
     def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
         return group is None  # redelivery copies are for their group only
@@ -670,21 +678,21 @@ class GroupSubscription(_KafkaSubscription):
     def _accepts(self, tp: TopicPartition) -> bool:
         return tp in self._states and tp not in self._revoking
 
-    def _track(self, tp: TopicPartition, offset: int) -> bool:
-        state = self._states[tp]
-        if state.next is not None and offset < state.next:
-            return False  # pulled before a rebalance gave the partition back to us
-        state.next = offset + 1
-        return True
+    def _fresh(self, tp: TopicPartition) -> int:
+        # below: pulled before a rebalance gave the partition back to us
+        return self._states[tp].next or 0
 
-    def _pulled(self, tp: TopicPartition) -> None:
+    def _registry(self, tp: TopicPartition) -> dict[int, Pending] | None:
+        return self._states[tp].pending
+
+    def _pulled(self, tp: TopicPartition, end: int) -> None:
+        state = self._states[tp]
+        if state.next is None or end > state.next:
+            state.next = end
         self._mark(tp)  # the commit point may have moved
 
     def _keep(self, tp: TopicPartition, offset: int, group: str | None) -> bool:
         return group is None or group == self.group
-
-    def _add(self, record: Pending) -> None:
-        self._states[record.tp].pending[record.offset] = record
 
     def _settled(self, record: Pending) -> None:
         state = self._states.get(record.tp)
