@@ -19,6 +19,7 @@ anything JSON-able         compact JSON (pydantic)     ``application/json``
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import pydantic
@@ -63,8 +64,12 @@ def _adapter(into: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(into)
 
 
-def decode(data: bytes, content_type: str, into: type[T]) -> T:
-    """Decode ``data`` into ``into``; raises :class:`bus.DecodeError`."""
+def decode(data: bytes, content_type: str | Callable[[], str], into: type[T]) -> T:
+    """Decode ``data`` into ``into``; raises :class:`bus.DecodeError`.
+
+    ``content_type`` (or a function returning it) only describes a failure: the
+    target type decides how the payload is read, so a function is called only then.
+    """
     if into is bytes:
         return cast(T, data)
     if into is str:
@@ -83,8 +88,9 @@ def decode(data: bytes, content_type: str, into: type[T]) -> T:
             f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
             for e in exc.errors(include_url=False, include_input=False)[:5]
         )
+        described = content_type if isinstance(content_type, str) else content_type()
         raise DecodeError(
-            f"payload ({content_type}, {len(data)} bytes) does not decode into {name}: {problems}"
+            f"payload ({described}, {len(data)} bytes) does not decode into {name}: {problems}"
         ) from None
     except TypeError as exc:  # an un-hashable / unsupported target type
         raise DecodeError(f"cannot decode into {into!r}: {exc}") from exc

@@ -283,6 +283,25 @@ def test_deferred_reply_to_without_a_reply_header_needs_no_decoding() -> None:
     assert (lazy.reply_to, calls) == ("inbox-1", [asking])
 
 
+def test_deferred_payload_decodes_without_the_envelope_until_it_fails() -> None:
+    # bus.consume hands a typed handler message.decode(into): the content type only
+    # describes a failure, so a payload that decodes needs no envelope
+    plain = bus.Message(id="m1", topic="t", data=b'{"subject":"s"}', content_type="application/x")
+    calls: list[int] = []
+
+    def decode() -> bus.Message:
+        calls.append(1)
+        return plain
+
+    lazy = deferred("t", plain.data, decode)
+    assert lazy.decode(Email) == Email(subject="s")
+    assert (lazy.decode(bytes), lazy.decode(str), calls) == (plain.data, plain.data.decode(), [])
+    bad = deferred("t", b'{"subject": 1}', decode)
+    with pytest.raises(bus.DecodeError, match=r"payload \(application/x, 14 bytes\)"):
+        bad.decode(Email)
+    assert calls == [1]  # decoded for the error text, and only then
+
+
 def test_wire_forms_say_whether_they_carry_a_reply_address() -> None:
     from backends.kafka.records import encode_headers, to_message
     from backends.redis_streams.entries import from_fields, to_fields
