@@ -16,10 +16,10 @@ in interleaved rounds:
 * ``bus``: the library.
 
 ``bus / raw+envelope`` is what the library's code costs; ``raw+envelope / raw``
-is what the envelope costs the broker and the client. Redis, NATS and Kafka (on
-RabbitMQ the attributes are AMQP message properties)::
+is what the envelope costs the broker and the client (on RabbitMQ: the message
+properties and the headers table the library writes)::
 
-    python -m benchmarks.envelope redis://127.0.0.1:6379/0 nats://127.0.0.1:4222
+    python -m benchmarks.envelope redis://127.0.0.1:6379/0 amqp://guest:guest@127.0.0.1/ nats://127.0.0.1:4222
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ __all__ = ["EnvelopeRow", "envelope_cost", "main"]
 _DRAIN_TIMEOUT = 60.0
 
 SIDES = ("raw", "raw+envelope", "bus")
-KINDS = ("redis", "nats", "kafka")
+KINDS = ("redis", "rabbitmq", "nats", "kafka")
 
 
 @dataclass
@@ -69,6 +69,10 @@ def _raw(backend: str, url: str, config: BenchConfig, *, enveloped: bool) -> Dri
         from benchmarks.drivers.raw_redis import RedisRawDriver
 
         return RedisRawDriver(backend, url, enveloped=enveloped)
+    if backend == "rabbitmq":
+        from benchmarks.drivers.raw_rabbitmq import RabbitRawDriver
+
+        return RabbitRawDriver(backend, url, config.rabbitmq.queue_type, enveloped=enveloped)
     if backend == "nats":
         from benchmarks.drivers.raw_nats import NatsRawDriver
 
@@ -168,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with the library's headers, and the library, on confirmed and batched publish "
         "and consume + ack.",
     )
-    parser.add_argument("urls", nargs="+", metavar="URL", help="redis://, nats:// or kafka://")
+    parser.add_argument(
+        "urls", nargs="+", metavar="URL", help="redis://, amqp://, nats:// or kafka://"
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--confirmed", type=int, default=300, help="publishes per round")
     parser.add_argument("--batches", type=int, default=10, help="batches of 100 per round")

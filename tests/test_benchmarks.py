@@ -376,6 +376,54 @@ async def test_envelope_cost_compares_bare_enveloped_and_library(redis_broker: B
     assert "bus / raw+envelope" in table
 
 
+@pytest.mark.broker("rabbitmq")
+async def test_envelope_cost_on_rabbitmq_sends_the_library_properties(
+    rabbitmq_broker: Broker,
+) -> None:
+    import uuid
+
+    from backends.rabbitmq._wire import encode
+    from benchmarks.drivers.base import envelope_message
+    from benchmarks.drivers.raw_rabbitmq import RabbitRawDriver
+    from benchmarks.envelope import SIDES, envelope_cost
+
+    # the enveloped raw side sends the properties and header names the library
+    # sends, with a fresh id (property and header alike) per message
+    topic = f"env.check.{uuid.uuid4().hex[:8]}"
+    library = encode(envelope_message(topic))
+    driver = RabbitRawDriver("rabbitmq", rabbitmq_broker.url, enveloped=True)
+    await driver.open()
+    try:
+        await driver.declare(topic, ["g"])
+        await driver.publish(topic, b"payload")
+        await driver.publish_batch(topic, [b"second"])
+        conn = driver._conn
+        assert conn is not None
+        channel = await conn.channel()
+        queue = await channel.get_queue(driver.queue_name(topic, "g"))
+        got = [await queue.get(timeout=5, no_ack=True) for _ in range(2)]
+        await channel.close()
+        assert [m.body for m in got] == [b"payload", b"second"]
+        for m in got:
+            sent = {name for name in m.headers if not name.startswith("x-")}  # broker's own
+            assert sent == set(library.headers or {})
+            assert (m.content_type, m.delivery_mode) == (library.content_type, 2)
+            assert m.message_id == m.headers["ce-id"]
+            assert m.headers["ce-source"] == "bench"
+            assert m.timestamp is not None
+        assert got[0].message_id != got[1].message_id
+    finally:
+        await driver.cleanup([topic], ["g"])
+        await driver.close()
+
+    rows = await envelope_cost(
+        "rabbitmq", rabbitmq_broker.url, rounds=1, confirmed=5, batches=1, batch=5
+    )
+    assert [r.workload for r in rows] == ["confirmed", "batched", "consume"]
+    for row in rows:
+        assert all(len(row.runs[side]) == 1 and min(row.runs[side]) > 0 for side in SIDES)
+
+
 @pytest.mark.broker("redis")
 def test_bench_smoke_memory_and_redis(redis_broker: Broker, tmp_path: Path) -> None:
     out = tmp_path / "bench"

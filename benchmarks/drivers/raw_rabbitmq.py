@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from benchmarks.drivers.base import Consumer, Driver, OnMessage
+from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message, fresh_attributes
 
 __all__ = ["RabbitRawDriver"]
 
@@ -61,9 +62,15 @@ class _RabbitConsumer(Consumer):
 class RabbitRawDriver(Driver):
     side = "raw"
 
-    def __init__(self, backend: str, url: str, queue_type: str = "quorum") -> None:
+    def __init__(
+        self, backend: str, url: str, queue_type: str = "quorum", *, enveloped: bool = False
+    ) -> None:
         super().__init__(backend, url)
         self.queue_type = queue_type
+        #: publish the library's CloudEvents properties and headers with each payload
+        #: (envelope cost)
+        self.enveloped = enveloped
+        self._templates: dict[str, tuple[str | None, dict[str, Any]]] = {}
         self._conn: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -95,18 +102,37 @@ class RabbitRawDriver(Driver):
             )
             await queue.bind(self._exchange, routing_key=topic)
 
-    def _message(self, payload: bytes) -> aio_pika.Message:
-        return aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    def _message(self, topic: str, payload: bytes) -> aio_pika.Message:
+        if not self.enveloped:
+            return aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        template = self._templates.get(topic)
+        if template is None:
+            from backends.rabbitmq._wire import encode
+
+            props = encode(envelope_message(topic))
+            template = self._templates[topic] = (props.content_type, dict(props.headers or {}))
+        content_type, headers = template
+        mid, when = fresh_attributes()
+        # the properties and headers the library writes: message_id and timestamp
+        # (whole seconds) as properties, every attribute also in the headers table
+        return aio_pika.Message(
+            payload,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=content_type,
+            message_id=mid,
+            timestamp=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            headers={**headers, "ce-id": mid, "ce-time": when},
+        )
 
     async def publish(self, topic: str, payload: bytes) -> None:
         assert self._exchange is not None
-        await self._exchange.publish(self._message(payload), routing_key=topic)
+        await self._exchange.publish(self._message(topic, payload), routing_key=topic)
 
     async def publish_batch(self, topic: str, payloads: Sequence[bytes]) -> None:
         exchange = self._exchange
         assert exchange is not None
         await asyncio.gather(
-            *(exchange.publish(self._message(p), routing_key=topic) for p in payloads)
+            *(exchange.publish(self._message(topic, p), routing_key=topic) for p in payloads)
         )
 
     def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
