@@ -380,6 +380,46 @@ async def test_nack_delay_goes_back_to_its_own_group_only(rabbitmq_broker: Broke
     await _drop(rabbitmq_broker.url, group_queue(topic, "a"), group_queue(topic, "b"))
 
 
+async def test_a_delayed_message_no_queue_takes_when_due_is_dropped(
+    rabbitmq_broker: Broker,
+) -> None:
+    """Due messages reach their topic's queues through the due exchange, each once; one
+    whose topic has no queue then is dropped, as an immediate publish no queue takes
+    is, instead of staying in its wait queue (at-least-once dead-lettering keeps and
+    retries what it cannot route)."""
+    exchange = f"rabbittest-due-{uuid.uuid4().hex[:8]}"
+    url = f"{rabbitmq_broker.url.split('?')[0]}?exchange={exchange}"
+    kept, orphan = _topic("due-kept"), _topic("due-orphan")
+    wait, drop = f"_{exchange}.due.{delay_ms(0.2)}", f"_{exchange}.due.drop"
+    try:
+        async with bus.connect(url) as b:
+            await b.declare(kept, groups=["g"])
+            ids = [await b.publish(kept, {"n": n}, delay=0.2) for n in range(3)]
+            for n in range(3):
+                await b.publish(orphan, {"n": n}, delay=0.2)
+            async with b.subscribe(kept, group="g") as sub:
+                got = await collect_acked(sub, 3, 10)
+                assert sorted(d.message.id for d in got) == sorted(ids)
+                with pytest.raises(TimeoutError):
+                    await sub.receive(timeout=1.0)  # each once
+        async with _raw(url) as ch:
+            counts: dict[str, int | None] = {}
+            for _ in range(50):  # the orphans fall due with the others
+                for name in (wait, drop):
+                    queue = await ch.declare_queue(name, passive=True)
+                    counts[name] = queue.declaration_result.message_count
+                if not any(counts.values()):
+                    break
+                await asyncio.sleep(0.1)
+            assert counts == {wait: 0, drop: 0}
+    finally:
+        await _drop(url, wait, drop, group_queue(kept, "g"))
+        async with _raw(url) as ch:
+            for name in (f"{exchange}.due", f"{exchange}.delay", exchange):
+                with contextlib.suppress(Exception):
+                    await ch.exchange_delete(name)
+
+
 # -- mandatory returns ---------------------------------------------------------------
 
 

@@ -49,14 +49,15 @@ close               cancel the consumer, flush settlements, close the channel: t
                     broker requeues every un-acked delivery at once
 consumer death      the connection drops (SIGKILL closes the socket): same as close
 delay / nack delay  per-delay TTL wait queue (quorum, ``x-message-ttl``) dead-lettering
-                    into the topic exchange (publish delay: every group) or the default
-                    exchange (nack delay: back to the one group queue); no plugin.
-                    Delays round up to a ladder (10 ms steps, then the R20 series:
-                    never early, at most 10 ms or 14.3% late); a wait queue expires a
-                    day after its last use. A delayed message whose topic has no queue
-                    when it is due is not dropped: the wait queue dead-letters at least
-                    once, so the broker keeps it and retries until a queue is bound or
-                    the wait queue expires
+                    at least once into the fanout exchange ``<exchange>.due`` (publish
+                    delay), bound to the topic exchange (every group of the topic) and
+                    to ``_<exchange>.due.drop``, a queue that keeps nothing, or into the
+                    default exchange (nack delay: back to the one group queue); no
+                    plugin. A due message whose topic has no queue is dropped, as an
+                    immediate publish no queue takes is (without the drop queue the wait
+                    queue would keep and retry it). Delays round up to a ladder (10 ms
+                    steps, then the R20 series: never early, at most 10 ms or 14.3%
+                    late); a wait queue expires a day after its last use
 priority            classic queues with ``x-max-priority`` 9 (``queue_type=classic``);
                     unsupported with quorum queues (RabbitMQ 3.10 has none)
 dead letter         ``dead_letter(reason)``: confirmed copy with ``bus-dlq-*`` headers

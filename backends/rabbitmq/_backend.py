@@ -55,6 +55,11 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 #: (``x-expires``); we re-declare it (resetting that clock) at least this often.
 _WAIT_QUEUE_SPARE_MS = 86_400_000
 _WAIT_QUEUE_REDECLARE_S = 3600.0
+#: ``bus-delay-to`` of a publish delay. Wait queues bound with the earlier value
+#: ("topic") dead-lettered straight into the topic exchange, where a message no
+#: queue took was kept and retried by its wait queue; a new value routes nothing
+#: more to them (they drain and expire).
+_TO_TOPIC = "due"
 _UNROUTABLE_LOG_EVERY = 60.0
 
 Returned = DeliveredMessage
@@ -355,18 +360,35 @@ class RabbitMQBackend(Backend):
         declared = self._wait_queues.get(name)
         if declared is not None and time.monotonic() - declared < _WAIT_QUEUE_REDECLARE_S:
             return
+        to_topic = target == "topic"
+        due = _names.due_exchange(o.exchange)
         args = {
-            # always quorum: replicated, and at-least-once dead-lettering back
+            # always quorum: replicated, and at-least-once dead-lettering: a due
+            # message leaves its wait queue once every queue it reaches confirmed it
             "x-queue-type": "quorum",
             "x-message-ttl": ms,
             "x-expires": ms + _WAIT_QUEUE_SPARE_MS,
-            "x-dead-letter-exchange": o.exchange if target == "topic" else "",
+            "x-dead-letter-exchange": due if to_topic else "",
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
-        binding: dict[str, Any] = {"x-match": "all", _wire.DELAY: str(ms), _wire.DELAY_TO: target}
+        route = _TO_TOPIC if to_topic else target
+        binding: dict[str, Any] = {"x-match": "all", _wire.DELAY: str(ms), _wire.DELAY_TO: route}
 
         async def declare(ch: aiormq.abc.AbstractChannel) -> None:
+            if to_topic:
+                # Due messages go to the topic exchange and to a queue that keeps
+                # nothing, so one whose topic has no queue is dropped, as a publish
+                # no queue takes is (at-least-once dead-lettering keeps and retries an
+                # unroutable message). Re-declared with the wait queue: it must exist
+                # whenever a wait queue dead-letters into it.
+                await ch.exchange_declare(due, exchange_type="fanout", durable=True)
+                await ch.exchange_bind(destination=o.exchange, source=due, routing_key="")
+                drop = _names.drop_queue(o.exchange)
+                await self.declare_on(
+                    ch, drop, {"x-queue-type": "classic", "x-max-length": 0}, durable=True
+                )
+                await ch.queue_bind(drop, due, routing_key="")
             await self.declare_on(ch, name, args, durable=True)
             await ch.queue_bind(name, _names.delay_exchange(o.exchange), arguments=binding)
 
@@ -560,7 +582,7 @@ class RabbitMQBackend(Backend):
                     f"delay {delay}s exceeds RabbitMQ's longest TTL ({_names.MAX_DELAY_MS} ms)"
                 )
             await self._wait_queue("topic", ms)
-            extra = {_wire.DELAY: str(ms), _wire.DELAY_TO: "topic"}
+            extra = {_wire.DELAY: str(ms), _wire.DELAY_TO: _TO_TOPIC}
             props = [_wire.encode(m, extra=extra) for m in messages]
             # routed by headers to the wait queue, which dead-letters to the topic
             results = await self._publish_all(

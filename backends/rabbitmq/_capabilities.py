@@ -29,9 +29,9 @@ def _common(priority: Capability, attempts: str) -> dict[Feature, Capability]:
             "redeliveries and delayed messages come later"
         ),
         Feature.DELAY: native(
-            "per-delay TTL wait queue dead-lettering into the topic exchange (no plugin); "
-            "delay rounded up to a ladder (10 ms steps, then R20): never early, at most "
-            "10 ms or 14.3% late"
+            "per-delay TTL wait queue dead-lettering into the topic exchange through a "
+            "fanout exchange (no plugin); delay rounded up to a ladder (10 ms steps, then "
+            "R20): never early, at most 10 ms or 14.3% late"
         ),
         Feature.NACK_DELAY: native(
             "confirmed copy to a per-delay TTL wait queue dead-lettering back into the "

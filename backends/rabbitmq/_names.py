@@ -26,6 +26,8 @@ __all__ = [
     "broadcast_queue",
     "delay_exchange",
     "delay_ms",
+    "drop_queue",
+    "due_exchange",
     "group_from_queue",
     "group_queue",
     "wait_queue",
@@ -71,10 +73,27 @@ def delay_exchange(exchange: str) -> str:
     return f"{exchange}.delay"
 
 
+def due_exchange(exchange: str) -> str:
+    """The fanout exchange that publish-delay wait queues dead-letter into: bound to
+    the topic exchange (which routes by the message's topic) and to
+    :func:`drop_queue`."""
+    return f"{exchange}.due"
+
+
+def drop_queue(exchange: str) -> str:
+    """The queue that keeps nothing (``x-max-length`` 0), bound to the due exchange:
+    a due message no group queue takes is still routed, so at-least-once
+    dead-lettering settles it instead of keeping it in its wait queue for ever."""
+    return f"_{exchange}.due.drop"
+
+
 def wait_queue(exchange: str, target: str, ms: int) -> str:
     """Wait queue of ``ms`` milliseconds; ``target`` is ``topic`` (publish delay,
-    dead-letters to the topic exchange) or ``queue`` (nack delay, back to one queue)."""
-    return f"_{exchange}.{'delay' if target == 'topic' else 'retry'}.{ms}"
+    dead-letters into the due exchange) or ``queue`` (nack delay, back to one queue).
+    (``_<exchange>.delay.<ms>`` were publish-delay wait queues that dead-lettered
+    straight into the topic exchange; nothing is routed to them any more, and they
+    expire by themselves.)"""
+    return f"_{exchange}.{'due' if target == 'topic' else 'retry'}.{ms}"
 
 
 #: The Renard R20 series (ISO 3), in hundredths: rungs 100, 112, ... 900 times 10^k ms.
