@@ -15,6 +15,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from backends.rabbitmq._wire import encode
 from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_message, fresh_attributes
 
 __all__ = ["RabbitRawDriver"]
@@ -107,8 +108,6 @@ class RabbitRawDriver(Driver):
             return aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         template = self._templates.get(topic)
         if template is None:
-            from backends.rabbitmq._wire import encode
-
             props = encode(envelope_message(topic))
             template = self._templates[topic] = (props.content_type, dict(props.headers or {}))
         content_type, headers = template
