@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from support import collect_acked
 
 import bus
 from backends.nats_jetstream import NatsJetStreamBackend
@@ -254,6 +255,48 @@ async def test_foreign_publisher_message_is_consumable(nats_broker: Broker) -> N
             await d.ack()
         await b.backend.delete_topic(topic, [group])
         assert (d.message.id, d.message.data) == ("ext-1", b"raw")
+
+
+async def test_message_whose_attributes_do_not_decode_is_delivered_not_lost(
+    nats_broker: Broker,
+) -> None:
+    """A malformed ce-time or bus-hx header (a faulty or foreign producer) does not
+    cost the message: it is delivered with its id, payload and plain headers, as on
+    the other backends, and can be settled."""
+    topic, group = _topic("malformed"), "g"
+    sent = {
+        "m-time": {"ce-id": "m-time", "ce-time": "yesterday", "origin": "legacy"},
+        "m-hx": {"ce-id": "m-hx", "bus-hx": "{not json", "origin": "legacy"},
+    }
+    async with _connect(nats_broker.url) as b:
+        await b.declare(topic, groups=[group])
+        nc = await nats.connect(nats_broker.url)
+        try:
+            for headers in sent.values():
+                await nc.jetstream().publish(f"bus.{topic}", b"body", headers=headers)
+        finally:
+            await nc.close()
+        async with b.subscribe(topic, group=group) as sub:
+            got = {d.message.id: d for d in await collect_acked(sub, 2, 10)}
+            with pytest.raises(TimeoutError):
+                await sub.receive(timeout=1.0)  # acked: not redelivered
+        await b.backend.delete_topic(topic, [group])
+    assert sorted(got) == sorted(sent)
+    for d in got.values():
+        assert (d.message.data, dict(d.message.headers)) == (b"body", {"origin": "legacy"})
+
+
+def test_delivered_messages_decode_on_first_access() -> None:
+    from backends.nats_jetstream._wire import delivered, encode
+
+    plain = bus.Message(id="m1", topic="t", data=b"x", type="job")
+    asking = plain.evolve(reply_to="inbox-1")
+    quiet = delivered("t", b"x", encode(plain), "S:1")
+    # no reply header: reply_to answers without decoding the rest
+    assert (quiet.reply_to, quiet._plain) == (None, None)  # type: ignore[attr-defined]
+    assert (quiet.id, quiet.type, quiet) == ("m1", "job", plain)
+    assert delivered("t", b"x", encode(asking), "S:2").reply_to == "inbox-1"
+    assert delivered("t", b"x", None, "S:3").id == "S:3"
 
 
 async def test_max_message_bytes_comes_from_server_info(

@@ -48,7 +48,6 @@ from bus.errors import (
     BusClosed,
     BusError,
     ConfigurationError,
-    DecodeError,
     InvalidArgument,
     MessageTooLarge,
     NoResponders,
@@ -837,11 +836,7 @@ class NatsJetStreamBackend(Backend):
                 self._reply_sub = await self.nc.subscribe(subject, cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
-        try:
-            reply = _wire.decode(self._inbox_topic, msg.data, msg.headers, "")
-        except DecodeError:
-            log.debug("ignoring an undecodable reply on %s", self._inbox_topic)
-            return
+        reply = _wire.decode(self._inbox_topic, msg.data, msg.headers, "")
         waiter = self._waiters.pop(reply.causation_id or "", None)
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)

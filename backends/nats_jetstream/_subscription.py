@@ -29,7 +29,7 @@ from backends.nats_jetstream._api import ns
 from backends.nats_jetstream._pull import Puller
 from bus.backend import BackendSubscription
 from bus.delivery import Delivery
-from bus.errors import BrokerUnavailable, BusClosed, DecodeError
+from bus.errors import BrokerUnavailable, BusClosed
 from bus.topics import dlq_topic
 
 if TYPE_CHECKING:
@@ -99,16 +99,9 @@ class NatsSubscription(BackendSubscription):
         for msg in msgs:
             meta = _wire.ack_meta(msg.reply)
             attempt, seq = (meta.delivered, meta.stream_seq) if meta else (1, 0)
-            try:
-                message = _wire.decode(
-                    names.topic(msg.subject), msg.data, msg.headers, f"{self.stream}:{seq}"
-                )
-            except DecodeError:
-                log.warning(
-                    "terminating undecodable message %s:%d on %r", self.stream, seq, self.topic
-                )
-                await self._send(msg.reply, _TERM)
-                continue
+            message = _wire.delivered(
+                names.topic(msg.subject), msg.data, msg.headers, f"{self.stream}:{seq}"
+            )
             if seq >= self.next_seq:
                 self.next_seq = seq + 1
             delivery = Delivery(self, message, attempt, msg.reply)

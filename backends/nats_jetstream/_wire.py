@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from bus.envelope import SLOTS, attribute_slots, build, from_headers, to_headers
+from bus.envelope import SLOTS, attribute_slots, build, from_headers, reply_to_name, to_headers
 from bus.errors import DecodeError
-from bus.message import Message
+from bus.message import Message, deferred
 
-__all__ = ["ESCAPED", "MSG_ID", "AckMeta", "ack_meta", "decode", "encode", "wire_size"]
+__all__ = [
+    "ESCAPED",
+    "MSG_ID",
+    "AckMeta",
+    "ack_meta",
+    "decode",
+    "delivered",
+    "encode",
+    "wire_size",
+]
+
+log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
 ESCAPED = "bus-hx"
@@ -86,15 +98,50 @@ def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
 
 _SLOTS = attribute_slots()
 _ID = _SLOTS["ce-id"]
+_REPLY_TO = reply_to_name("ce-")
+
+
+def delivered(
+    topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str
+) -> Message:
+    """The :class:`Message` of a delivery, its attributes decoded on first access
+    (:func:`bus.message.deferred`: a handler that reads only the payload does not
+    pay for them); see :func:`decode`."""
+    # reply_to travels in its own header, or escaped inside bus-hx
+    replies = headers is not None and (_REPLY_TO in headers or ESCAPED in headers)
+    decode_it: Callable[[], Message] = functools.partial(decode, topic, data, headers, fallback_id)
+    return deferred(topic, data, decode_it, replies=replies)
 
 
 def decode(topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Message:
-    """Rebuild the :class:`Message` published to ``topic``.
+    """Rebuild the :class:`Message` published to ``topic``. Never raises.
 
     A message published by a plain NATS client (no ``ce-id``) gets its
     ``Nats-Msg-Id``, else ``fallback_id`` (stream and sequence), as id, so it can
-    still be consumed and settled.
+    still be consumed and settled. One whose attributes do not decode (a malformed
+    ``ce-time``, ``ce-priority`` or ``bus-hx``: a faulty or foreign producer) is
+    delivered with its id, payload and the headers that are not attributes, rather
+    than lost.
     """
+    try:
+        return _decode(topic, data, headers, fallback_id)
+    except DecodeError as exc:
+        log.warning(
+            "message %s on %r is not a bus message (%s); delivered as is", fallback_id, topic, exc
+        )
+        found = headers or {}
+        user = {
+            name: value
+            for name, value in found.items()
+            if not name.lower().startswith(("ce-", "bus-", "nats-")) and name != "content-type"
+        }
+        msg_id = found.get("ce-id") or found.get(MSG_ID) or fallback_id
+        return Message(id=msg_id, topic=topic, data=data, headers=user)
+
+
+def _decode(
+    topic: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str
+) -> Message:
     # Once per delivery: one pass over the headers (the escaped-headers case, rare,
     # takes the two-pass path below).
     attrs: list[str | None] = [None] * SLOTS
