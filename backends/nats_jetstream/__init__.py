@@ -44,7 +44,10 @@ request / reply     the request is stored in the topic's stream like any message
                     stored). ``NoResponders``: every live consumer holds a core queue
                     subscription on ``bus._live.<topic>``; a probe request gets the
                     server's 503 no-responders status when none exists
-headers             CloudEvents binary mode as NATS headers (see ``_wire``)
+headers             CloudEvents binary mode as NATS headers (see ``_wire``), decoded when
+                    the handler first reads an attribute; a message whose attributes do
+                    not decode (foreign or faulty producer) is delivered with its id,
+                    payload and plain headers, never dropped
 max message size    the server's ``max_payload`` (INFO) less 1 KiB for headers
 ==================  ===============================================================
 
