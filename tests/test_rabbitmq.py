@@ -64,6 +64,24 @@ async def _raw(url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
         await conn.close()
 
 
+async def _unroutable(url: str, exchange: str, routing_key: str) -> bool:
+    """Whether a message sent to ``exchange`` with ``routing_key`` reaches no queue:
+    one dead-lettered there at least once would stay in its wait queue, retried.
+    (AMQP clients cannot see such a message: a queue's declare-ok counts only those
+    ready for delivery, so a test asks the exchange instead.)"""
+    conn = await aio_pika.connect(url.split("?")[0])
+    try:
+        ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        target = await ch.get_exchange(exchange, ensure=True)
+        try:
+            await target.publish(aio_pika.Message(b"probe"), routing_key, mandatory=True)
+        except aio_pika.exceptions.DeliveryError:
+            return True
+        return False
+    finally:
+        await conn.close()
+
+
 async def _drop(url: str, *queues: str) -> None:
     """Delete test queues from the shared broker (quorum queues refuse if_unused)."""
     async with _raw(url) as ch:
@@ -402,20 +420,52 @@ async def test_a_delayed_message_no_queue_takes_when_due_is_dropped(
                 assert sorted(d.message.id for d in got) == sorted(ids)
                 with pytest.raises(TimeoutError):
                     await sub.receive(timeout=1.0)  # each once
-        async with _raw(url) as ch:
-            counts: dict[str, int | None] = {}
-            for _ in range(50):  # the orphans fall due with the others
-                for name in (wait, drop):
-                    queue = await ch.declare_queue(name, passive=True)
-                    counts[name] = queue.declaration_result.message_count
-                if not any(counts.values()):
-                    break
-                await asyncio.sleep(0.1)
-            assert counts == {wait: 0, drop: 0}
+        # what the orphans met when due: a route (to the drop queue), not none
+        assert not await _unroutable(url, f"{exchange}.due", orphan)
     finally:
         await _drop(url, wait, drop, group_queue(kept, "g"))
         async with _raw(url) as ch:
-            for name in (f"{exchange}.due", f"{exchange}.delay", exchange):
+            for name in (f"{exchange}.due", f"{exchange}.delay", f"{exchange}.requeue", exchange):
+                with contextlib.suppress(Exception):
+                    await ch.exchange_delete(name)
+
+
+async def test_a_delayed_retry_whose_queue_was_deleted_is_dropped(
+    rabbitmq_broker: Broker,
+) -> None:
+    """A nack with a delay comes back once to its own queue through the requeue
+    exchange; one whose group queue is deleted while it waits is dropped when due, as
+    the queue's other messages were, instead of staying in its wait queue (at-least-once
+    dead-lettering keeps and retries what it cannot route)."""
+    exchange = f"rabbittest-requeue-{uuid.uuid4().hex[:8]}"
+    url = f"{rabbitmq_broker.url.split('?')[0]}?exchange={exchange}"
+    kept, orphan = _topic("requeue-kept"), _topic("requeue-orphan")
+    waits = [f"_{exchange}.requeue.{delay_ms(s)}" for s in (0.5, 1.5)]
+    drop = f"_{exchange}.due.drop"
+    try:
+        async with bus.connect(url) as b, _raw(url) as raw:
+            for topic in (kept, orphan):
+                await b.declare(topic, groups=["g"])
+            kept_id = await b.publish(kept, {"n": 1})
+            await b.publish(orphan, {"n": 2})
+            async with b.subscribe(orphan, group="g") as sub:
+                d = await sub.receive(timeout=10)
+                await d.nack(delay=1.5)  # deleted well before it is due
+            await raw.queue_delete(group_queue(orphan, "g"), if_unused=False, if_empty=False)
+            async with b.subscribe(kept, group="g") as sub:
+                d = await sub.receive(timeout=10)
+                await d.nack(delay=0.5)
+                again = await sub.receive(timeout=10)
+                assert (again.message.id, again.attempt) == (kept_id, 2)
+                await again.ack()
+                with pytest.raises(TimeoutError):
+                    await sub.receive(timeout=1.0)  # once
+        # what the orphan meets when due: a route (to the drop queue), not none
+        assert not await _unroutable(url, f"{exchange}.requeue", group_queue(orphan, "g"))
+    finally:
+        await _drop(url, *waits, drop, group_queue(kept, "g"), group_queue(orphan, "g"))
+        async with _raw(url) as ch:
+            for name in (f"{exchange}.requeue", f"{exchange}.delay", exchange):
                 with contextlib.suppress(Exception):
                     await ch.exchange_delete(name)
 

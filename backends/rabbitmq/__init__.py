@@ -50,12 +50,14 @@ close               cancel the consumer, flush settlements, close the channel: t
 consumer death      the connection drops (SIGKILL closes the socket): same as close
 delay / nack delay  per-delay TTL wait queue (quorum, ``x-message-ttl``) dead-lettering
                     at least once into the fanout exchange ``<exchange>.due`` (publish
-                    delay), bound to the topic exchange (every group of the topic) and
-                    to ``_<exchange>.due.drop``, a queue that keeps nothing, or into the
-                    default exchange (nack delay: back to the one group queue); no
-                    plugin. A due message whose topic has no queue is dropped, as an
-                    immediate publish no queue takes is (without the drop queue the wait
-                    queue would keep and retry it). Delays round up to a ladder (10 ms
+                    delay), bound to the topic exchange (every group of the topic), or
+                    into the topic exchange ``<exchange>.requeue`` (nack delay), to
+                    which every consumed queue is bound by its own name (back to the
+                    one queue); both also reach ``_<exchange>.due.drop``, a queue that
+                    keeps nothing; no plugin. A due message whose topic has no queue, or
+                    a retry whose queue was deleted, is dropped, as an immediate publish
+                    no queue takes is (without the drop queue the wait queue would keep
+                    and retry it). Delays round up to a ladder (10 ms
                     steps, then the R20 series: never early, at most 10 ms or 14.3%
                     late); a wait queue expires a day after its last use
 priority            classic queues with ``x-max-priority`` 9 (``queue_type=classic``);

@@ -60,6 +60,10 @@ _WAIT_QUEUE_REDECLARE_S = 3600.0
 #: queue took was kept and retried by its wait queue; a new value routes nothing
 #: more to them (they drain and expire).
 _TO_TOPIC = "due"
+#: ``bus-delay-to`` of a nack delay. Wait queues bound with the earlier value
+#: ("queue") dead-lettered into the default exchange, where a retry whose queue was
+#: deleted meanwhile was kept and retried by its wait queue; likewise replaced.
+_TO_QUEUE = "requeue"
 _UNROUTABLE_LOG_EVERY = 60.0
 
 Returned = DeliveredMessage
@@ -78,6 +82,7 @@ class RabbitMQBackend(Backend):
         # the class attribute stays the default one for the README table.
         vars(self)["capabilities"] = capabilities_for(options.queue_type)
         self.redacted_url = redact_url(url)
+        self.requeue_exchange = _names.requeue_exchange(options.exchange)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("amqp", "amqps"):
@@ -159,6 +164,10 @@ class RabbitMQBackend(Backend):
                 )
                 await self._pub.declare_exchange(
                     _names.delay_exchange(o.exchange), aio_pika.ExchangeType.HEADERS, durable=True
+                )
+                # every subscription binds its queue here before consuming
+                await self._pub.declare_exchange(
+                    self.requeue_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
         except BaseException as exc:
             self._connection = None
@@ -361,34 +370,39 @@ class RabbitMQBackend(Backend):
         if declared is not None and time.monotonic() - declared < _WAIT_QUEUE_REDECLARE_S:
             return
         to_topic = target == "topic"
-        due = _names.due_exchange(o.exchange)
+        # where due messages go: the due exchange (publish delay: every queue of the
+        # topic) or the requeue exchange (nack delay: the queue named by the routing key)
+        dlx = _names.due_exchange(o.exchange) if to_topic else self.requeue_exchange
         args = {
             # always quorum: replicated, and at-least-once dead-lettering: a due
             # message leaves its wait queue once every queue it reaches confirmed it
             "x-queue-type": "quorum",
             "x-message-ttl": ms,
             "x-expires": ms + _WAIT_QUEUE_SPARE_MS,
-            "x-dead-letter-exchange": due if to_topic else "",
+            "x-dead-letter-exchange": dlx,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
-        route = _TO_TOPIC if to_topic else target
+        route = _TO_TOPIC if to_topic else _TO_QUEUE
         binding: dict[str, Any] = {"x-match": "all", _wire.DELAY: str(ms), _wire.DELAY_TO: route}
 
         async def declare(ch: aiormq.abc.AbstractChannel) -> None:
+            # Due messages also reach a queue that keeps nothing, so one that no other
+            # queue takes (its topic has no queue, its group queue was deleted) is
+            # dropped, as a publish no queue takes is: at-least-once dead-lettering
+            # keeps and retries an unroutable message. Re-declared with the wait
+            # queue: both must exist whenever a wait queue dead-letters into them.
+            drop = _names.drop_queue(o.exchange)
+            await self.declare_on(
+                ch, drop, {"x-queue-type": "classic", "x-max-length": 0}, durable=True
+            )
             if to_topic:
-                # Due messages go to the topic exchange and to a queue that keeps
-                # nothing, so one whose topic has no queue is dropped, as a publish
-                # no queue takes is (at-least-once dead-lettering keeps and retries an
-                # unroutable message). Re-declared with the wait queue: it must exist
-                # whenever a wait queue dead-letters into it.
-                await ch.exchange_declare(due, exchange_type="fanout", durable=True)
-                await ch.exchange_bind(destination=o.exchange, source=due, routing_key="")
-                drop = _names.drop_queue(o.exchange)
-                await self.declare_on(
-                    ch, drop, {"x-queue-type": "classic", "x-max-length": 0}, durable=True
-                )
-                await ch.queue_bind(drop, due, routing_key="")
+                await ch.exchange_declare(dlx, exchange_type="fanout", durable=True)
+                await ch.exchange_bind(destination=o.exchange, source=dlx, routing_key="")
+                await ch.queue_bind(drop, dlx, routing_key="")
+            else:
+                await ch.exchange_declare(dlx, exchange_type="topic", durable=True)
+                await ch.queue_bind(drop, dlx, routing_key="#")
             await self.declare_on(ch, name, args, durable=True)
             await ch.queue_bind(name, _names.delay_exchange(o.exchange), arguments=binding)
 
@@ -609,7 +623,7 @@ class RabbitMQBackend(Backend):
             if ms > _names.MAX_DELAY_MS:
                 raise InvalidArgument(f"nack delay {delay}s exceeds RabbitMQ's longest TTL")
             await self._wait_queue("queue", ms)
-            extra.update({_wire.DELAY: str(ms), _wire.DELAY_TO: "queue"})
+            extra.update({_wire.DELAY: str(ms), _wire.DELAY_TO: _TO_QUEUE})
             exchange = _names.delay_exchange(self.options.exchange)
         else:
             exchange = ""  # the default exchange routes by queue name

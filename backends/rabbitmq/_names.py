@@ -30,6 +30,7 @@ __all__ = [
     "due_exchange",
     "group_from_queue",
     "group_queue",
+    "requeue_exchange",
     "wait_queue",
 ]
 
@@ -80,20 +81,30 @@ def due_exchange(exchange: str) -> str:
     return f"{exchange}.due"
 
 
+def requeue_exchange(exchange: str) -> str:
+    """The topic exchange that nack-delay wait queues dead-letter into: every queue a
+    subscription consumes is bound to it with its own name as the key (a delayed
+    retry is routed by the name of the queue it goes back to), and
+    :func:`drop_queue` with ``#``."""
+    return f"{exchange}.requeue"
+
+
 def drop_queue(exchange: str) -> str:
-    """The queue that keeps nothing (``x-max-length`` 0), bound to the due exchange:
-    a due message no group queue takes is still routed, so at-least-once
+    """The queue that keeps nothing (``x-max-length`` 0), bound to the due and the
+    requeue exchanges: a due message or a delayed retry no queue takes (its topic has
+    no queue, its group queue was deleted) is still routed, so at-least-once
     dead-lettering settles it instead of keeping it in its wait queue for ever."""
     return f"_{exchange}.due.drop"
 
 
 def wait_queue(exchange: str, target: str, ms: int) -> str:
     """Wait queue of ``ms`` milliseconds; ``target`` is ``topic`` (publish delay,
-    dead-letters into the due exchange) or ``queue`` (nack delay, back to one queue).
-    (``_<exchange>.delay.<ms>`` were publish-delay wait queues that dead-lettered
-    straight into the topic exchange; nothing is routed to them any more, and they
-    expire by themselves.)"""
-    return f"_{exchange}.{'due' if target == 'topic' else 'retry'}.{ms}"
+    dead-letters into the due exchange) or ``queue`` (nack delay, dead-letters into
+    the requeue exchange, back to one queue). Earlier wait queues,
+    ``_<exchange>.delay.<ms>`` (publish delay) and ``_<exchange>.retry.<ms>`` (nack
+    delay), dead-lettered straight into the topic and the default exchange; nothing
+    is routed to them any more, and they expire by themselves."""
+    return f"_{exchange}.{'due' if target == 'topic' else 'requeue'}.{ms}"
 
 
 #: The Renard R20 series (ISO 3), in hundredths: rungs 100, 112, ... 900 times 10^k ms.

@@ -129,6 +129,8 @@ class RabbitMQSubscription(BackendSubscription):
                     # not outlive its connection, a deleted group queue comes back
                     await backend.declare_on(ch, q.name, q.arguments, durable=q.durable)
                     await ch.queue_bind(q.name, backend.options.exchange, routing_key=self.topic)
+                    # where this queue's delayed retries come back (Backend.send_copy)
+                    await ch.queue_bind(q.name, backend.requeue_exchange, routing_key=q.name)
                     await ch.basic_qos(prefetch_count=self.prefetch)
                     if ch is not self._live:  # a new channel: the old tags mean nothing
                         self._live, self._pending = ch, {}
