@@ -20,11 +20,19 @@ def redact_url(url: str) -> str:
 
     Handles multi-host URLs (``nats://u:p@a:4222,b:4222``) and never raises: an
     unparsable string becomes ``***``. A URL without secrets is returned unchanged.
+    A password the user forgot to percent-encode (``/``, ``?``, ``#`` or ``@`` in it)
+    or a mistyped ``scheme:/`` moves the ``@`` out of what a URL parser calls the
+    host part; then everything up to the last ``@`` is treated as the user part,
+    which may mask more than the password but never shows it.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
         return _MASK
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        masked = _mask_stray_userinfo(url, parts.scheme)
+        if masked != url:
+            return redact_url(masked)  # the user part now parses: query secrets next
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -44,3 +52,20 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_stray_userinfo(url: str, scheme: str) -> str:
+    """Mask the password of a user part that a URL parser did not recognise: the text
+    between ``scheme:`` (and its slashes) and the last ``@``."""
+    head, colon, rest = url.partition(":")
+    if not colon:
+        return url
+    body = rest.lstrip("/")
+    slashes = rest[: len(rest) - len(body)]
+    userinfo, _, tail = body.rpartition("@")
+    user, sep, _secret = userinfo.partition(":")
+    if sep:
+        userinfo = f"{user}:{_MASK}"
+    elif scheme.lower() in _TOKEN_SCHEMES:
+        userinfo = _MASK
+    return f"{head}:{slashes}{userinfo}@{tail}"

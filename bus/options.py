@@ -56,7 +56,14 @@ def parse_options(model: type[OptionsT], url: str, options: Mapping[str, Any]) -
     except pydantic.ValidationError as exc:
         valid = ", ".join(sorted(model.model_fields))
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+            f"{'.'.join(_shown(p) for p in err['loc']) or 'options'}: {err['msg']}"
             for err in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigurationError(f"invalid option(s): {problems}. Valid options: {valid}") from None
+
+
+def _shown(name: object) -> str:
+    # Option names are identifiers. Anything else in the query string is more likely
+    # the tail of a password with an unencoded "?" in it than a mistyped option.
+    text = str(name)
+    return text if text.isidentifier() else "(a name that is not an identifier, not shown)"

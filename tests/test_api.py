@@ -104,6 +104,45 @@ def test_redact_url(url: str, secret: str) -> None:
     assert "***" in redacted
 
 
+# A password with characters the user forgot to percent-encode: each moves the "@" out
+# of what a URL parser calls the host part. Its halves must not show either.
+_HALVES = ("Zq9", "Xw7")
+
+
+_TEMPLATES = [
+    "redis://user:{pw}@127.0.0.1:{port}/0",
+    "amqp://user:{pw}@127.0.0.1:{port}/",
+    "nats://user:{pw}@127.0.0.1:{port}",
+    "nats://{pw}@127.0.0.1:{port}",  # a token
+    "kafka://user:{pw}@127.0.0.1:{port}",
+    "redis:/user:{pw}@127.0.0.1:{port}/0",  # one slash
+]
+
+
+@pytest.mark.parametrize(
+    ("template", "sep"),
+    [
+        (t, sep)
+        for t in _TEMPLATES
+        for sep in "/?#@:"
+        if not (sep == ":" and "user:" not in t)  # token "a:b" reads as user a, password b
+    ],
+)
+async def test_an_unencoded_password_stays_out_of_errors(
+    template: str, sep: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad URL or closed port: the error (typed) and the log never show the password."""
+    from conformance.brokers import free_port
+
+    url = template.format(pw=sep.join(_HALVES), port=free_port())
+    assert not any(half in bus.redact_url(url) for half in _HALVES)
+    with pytest.raises(bus.BusError) as caught:
+        async with bus.connect(url, connect_timeout=1.0):
+            pass
+    shown = f"{caught.value!s} {caught.value!r} {caplog.text}"
+    assert not any(half in shown for half in _HALVES), shown
+
+
 def test_register_backend_at_runtime() -> None:
     from backends.memory import MemoryBackend
 

@@ -34,19 +34,19 @@ def _endpoint(item: str, url: str) -> str:
     if item.startswith("["):  # [ipv6]:port
         host, sep, rest = item[1:].partition("]")
         if not sep or not host:
-            raise ConfigurationError(f"malformed IPv6 address {item!r} in {redact_url(url)!r}")
+            raise ConfigurationError(f"malformed IPv6 address in {redact_url(url)!r}")
         port_text = rest[1:] if rest.startswith(":") else ""
         if rest and not rest.startswith(":"):
-            raise ConfigurationError(f"malformed address {item!r} in {redact_url(url)!r}")
+            raise ConfigurationError(f"malformed address in {redact_url(url)!r}")
         host = f"[{host}]"
     else:
         host, _, port_text = item.partition(":")
         if not host or ":" in port_text:
-            raise ConfigurationError(f"malformed address {item!r} in {redact_url(url)!r}")
+            raise ConfigurationError(f"malformed address in {redact_url(url)!r}")
     port = DEFAULT_PORT
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigurationError(f"invalid port {port_text!r} in {redact_url(url)!r}")
+            raise ConfigurationError(f"invalid port in {redact_url(url)!r}")
         port = int(port_text)
     return f"{host}:{port}"
 
@@ -65,7 +65,8 @@ def parse_url(url: str, options: KafkaOptions) -> ClusterConfig:
         raise ConfigurationError(f"not a kafka:// URL: {redact_url(url)!r}")
     if parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"a kafka:// URL has no path (got {parts.path!r}); use kafka://host:port[,host:port...]"
+            f"a kafka:// URL has no path (got {redact_url(url)!r}); "
+            "use kafka://host:port[,host:port...]"
         )
     netloc = parts.netloc
     username = password = None

@@ -109,8 +109,10 @@ def _client_kwargs(url: str, options: RedisStreamsOptions) -> dict[str, Any]:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid redis URL {safe!r}: {exc}") from None
+    except ValueError:
+        # not the parser's text: it quotes the host part, which holds the password
+        # when the URL puts it there unencoded
+        raise ConfigurationError(f"invalid redis URL {safe!r}: malformed host or port") from None
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss"):
         raise ConfigurationError(f"redis backend needs redis:// or rediss://, got {safe!r}")
