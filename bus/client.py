@@ -260,8 +260,7 @@ class Bus:
             raise InvalidArgument(f"start must be 'latest' or 'earliest', got {start!r}")
         if start == "earliest":
             self.capabilities.require(Feature.REPLAY)
-        if not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
-            raise InvalidArgument(f"prefetch must be an int from 1 to 10000, got {prefetch!r}")
+        _check_prefetch(prefetch)
         sub = Subscription(
             self._backend,
             topic,
@@ -298,6 +297,9 @@ class Bus:
         validate_group(group)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidArgument(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if prefetch is None:
+            prefetch = min(2 * concurrency, 10_000)
+        _check_prefetch(prefetch)
         if dead_letter:
             self.capabilities.require(Feature.DEAD_LETTER)
         if retry.max_attempts > 1 and retry.backoff.delay(1) > 0:
@@ -312,7 +314,7 @@ class Bus:
             concurrency=concurrency,
             retry=retry,
             dead_letter=dead_letter,
-            prefetch=prefetch or 2 * concurrency,
+            prefetch=prefetch,
             start=start,
             on_stop=self._workers.discard,
         )
@@ -452,3 +454,8 @@ def connect(target: str | BusSettings | Backend | None = None, /, **options: Any
     within ``connect_timeout``.
     """
     return _Connecting(_make_backend(target, options))
+
+
+def _check_prefetch(prefetch: object) -> None:
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
+        raise InvalidArgument(f"prefetch must be an int from 1 to 10000, got {prefetch!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import typing
@@ -67,10 +68,7 @@ def build_invoker(handler: Handler) -> _Invoker:
     """
     if not callable(handler):
         raise TypeError(f"handler must be callable, got {handler!r}")
-    try:
-        hints = typing.get_type_hints(handler)
-    except Exception:  # unresolvable forward refs: fall back to raw annotations
-        hints = {}
+    hints = _hints(handler)
     params = [
         p
         for p in inspect.signature(handler).parameters.values()
@@ -82,6 +80,13 @@ def build_invoker(handler: Handler) -> _Invoker:
     getters: list[Callable[[Delivery], Any]] = []
     for param in params:
         ann = hints.get(param.name, param.annotation)
+        if isinstance(ann, str | typing.ForwardRef):
+            # a name typing could not resolve: decoding into a string would fail on
+            # every message and dead-letter it; refuse the handler instead
+            raise TypeError(
+                f"cannot resolve the annotation {ann!r} of parameter {param.name!r} of "
+                f"{handler!r}: import the type where the handler is defined"
+            )
         if ann is Delivery:
             getters.append(lambda d: d)
         elif ann is Message or ann is inspect.Parameter.empty:
@@ -102,9 +107,30 @@ def build_invoker(handler: Handler) -> _Invoker:
 
         async def invoke(d: Delivery) -> Any:
             args = [get(d) for get in getters]
-            return await asyncio.to_thread(handler, *args)
+            result = await asyncio.to_thread(handler, *args)
+            if inspect.isawaitable(result):
+                # a plain callable returning a coroutine (a lambda or partial around
+                # an async function): the work is that coroutine, not the call
+                result = await result
+            return result
 
     return invoke
+
+
+def _hints(handler: Handler) -> dict[str, Any]:
+    """The resolved annotations of ``handler``'s parameters, looked up where they are
+    written: a partial's function, a callable object's ``__call__``."""
+    target: Any = handler
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(type(target), "__call__", None)  # noqa: B004 - callable objects
+        if call is not None:
+            target = call
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable names: build_invoker says which one
+        return {}
 
 
 class Worker:
@@ -148,8 +174,11 @@ class Worker:
         )
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._started = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
+        self._running = False
+        self._exited = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None  # started by `async with`
         self._slots = asyncio.Semaphore(concurrency)
         self._on_stop = on_stop
         self._heartbeat: asyncio.Task[None] | None = None
@@ -167,15 +196,21 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called. Raises what the subscription raises."""
-        if self._runner is None:
-            self._runner = asyncio.current_task()
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._exited.set()
+
+    async def _run(self) -> None:
         await self._subscription.open()
         if self._heartbeat_every is not None and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_leases(self._heartbeat_every))
         self._started.set()
         failures = 0
         while not self._stopping:
-            await self._slots.acquire()
+            if not await self._take_slot():
+                break
             try:
                 delivery = await self._subscription.receive(timeout=_STOP_POLL)
             except TimeoutError:
@@ -197,10 +232,36 @@ class Worker:
                 self._slots.release()
                 raise
             failures = 0
+            if self._stopping:
+                # fetched as stop() began: left unsettled, so closing the subscription
+                # hands it back to the group at once instead of stop() waiting for it
+                self._slots.release()
+                break
             self.stats.received += 1
             task = asyncio.create_task(self._handle(delivery))
             self._inflight[task] = delivery
             task.add_done_callback(self._done)
+
+    async def _take_slot(self) -> bool:
+        """Take a handler slot; False (and no slot) once :meth:`stop` was called. While
+        every slot is busy, a stop does not wait for a handler to finish first."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            return True
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not acquire.done():
+                acquire.cancel()
+        if not acquire.done() or acquire.cancelled():
+            return False
+        if self._stopping:
+            self._slots.release()
+            return False
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         del self._inflight[task]
@@ -275,11 +336,21 @@ class Worker:
         """Stop fetching, let in-flight handlers finish for up to ``timeout`` seconds,
         cancel (and nack) the rest, then close the subscription. Idempotent."""
         self._stopping = True
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError, BusError):
-                await self._runner
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+        self._stop_requested.set()
+        runner = self._runner
+        # Waited on without awaiting it, so the caller's own cancellation propagates
+        # (and a task that awaited run() and goes on afterwards is not waited for).
+        if runner is not None:
+            await asyncio.wait({runner})
+        elif self._running:
+            await self._exited.wait()
+        failure = None
+        if runner is not None and runner.done() and not runner.cancelled():
+            failure = runner.exception()  # retrieved, whatever it is
+        # a handler may call stop() itself: it does not wait for its own end
+        inflight = set(self._inflight) - {asyncio.current_task()}
+        if inflight:
+            _, pending = await asyncio.wait(inflight, timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -291,6 +362,8 @@ class Worker:
         await self._subscription.close()
         if self._on_stop is not None:
             self._on_stop(self)
+        if failure is not None and not isinstance(failure, BusError):
+            raise failure  # a bug in the runner, not the broker: the caller should see it
 
     async def __aenter__(self) -> Worker:
         self._runner = asyncio.create_task(self.run(), name=f"bus-worker-{self.topic}")

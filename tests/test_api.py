@@ -493,6 +493,105 @@ async def test_worker_parameter_injection_sync_and_async() -> None:
     assert seen == [("hi", 1), b"\x01", ("hello", "c"), "Message"]
 
 
+class _DeliveryCounter:
+    """A callable object whose annotations are strings (``from __future__``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    async def __call__(self, delivery: bus.Delivery) -> None:
+        self.seen.append(type(delivery).__name__)
+
+
+async def _until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110 - polls state the handlers change
+            await asyncio.sleep(0.02)
+
+
+async def test_handlers_are_resolved_as_written() -> None:
+    """A callable object's and a partial's annotations are read where they are written;
+    a plain callable returning a coroutine has its work done (awaited) before the ack;
+    a name that cannot be resolved is refused at consume(), not dead-lettered later."""
+    import functools
+
+    done: list[bytes] = []
+
+    async def process(data: bytes, tag: str) -> None:
+        done.append(tag.encode() + data)
+
+    counter = _DeliveryCounter()
+    async with bus.connect("memory://resolve") as b:
+        async with b.consume("a", counter, group="g") as w1:
+            await b.publish("a", b"x")
+            await _until(lambda: w1.stats.succeeded == 1)
+        async with b.consume("b", functools.partial(process, tag="p:"), group="g") as w2:
+            await b.publish("b", b"y")
+            await _until(lambda: w2.stats.succeeded == 1)
+        async with b.consume("c", lambda m: process(m.data, "l:"), group="g") as w3:
+            await b.publish("c", b"z")
+            await _until(lambda: w3.stats.succeeded == 1)
+
+        def unresolvable(job: Undefined) -> None:  # type: ignore[name-defined]  # noqa: F821
+            pass
+
+        with pytest.raises(TypeError, match="Undefined"):
+            b.consume("d", unresolvable, group="g")
+        with pytest.raises(bus.InvalidArgument, match="prefetch"):
+            b.consume("d", process, group="g", prefetch=-1)
+    assert counter.seen == ["Delivery"]
+    assert done == [b"p:y", b"l:z"]
+    assert (w1.stats.dead_lettered, w2.stats.dead_lettered, w3.stats.dead_lettered) == (0, 0, 0)
+
+
+async def test_stop_is_bounded_while_every_slot_is_busy() -> None:
+    """stop(timeout) returns once its timeout cancelled the running handler, though the
+    fetch loop was waiting for a free slot; it starts nothing more, and nothing is lost:
+    the cancelled job and the one not started go back to the group."""
+    release = asyncio.Event()
+    started: list[bytes] = []
+
+    async def slow(data: bytes) -> None:
+        started.append(data)
+        await release.wait()
+
+    async with bus.connect("memory://busy") as b:
+        await b.declare("t", groups=["g"])
+        ids = [await b.publish("t", bytes([n])) for n in range(2)]
+        worker = b.consume("t", slow, group="g", concurrency=1, prefetch=1)
+        await worker.__aenter__()
+        await _until(lambda: len(started) == 1)
+        stopping = asyncio.create_task(worker.stop(timeout=0.2))
+        done, _ = await asyncio.wait({stopping}, timeout=10)
+        assert stopping in done, "stop() hung"
+        stopping.result()
+        assert started == [b"\x00"]
+        got: list[str] = []
+        release.set()
+
+        async def record(message: bus.Message) -> None:
+            got.append(message.id)
+
+        async with b.consume("t", record, group="g"):
+            await _until(lambda: len(got) >= 2)
+        assert sorted(got) == sorted(ids)
+
+
+async def test_stop_propagates_the_callers_cancellation() -> None:
+    async def slow(data: bytes) -> None:
+        await asyncio.sleep(30)
+
+    async with bus.connect("memory://cancelstop") as b:
+        worker = b.consume("t", slow, group="g")
+        await worker.__aenter__()
+        await b.publish("t", b"x")
+        await _until(lambda: worker.inflight == 1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await worker.stop(timeout=20)
+        await worker.stop(timeout=0.1)
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):
