@@ -40,17 +40,24 @@ async def delivery_reply(ctx: Context) -> None:
     await server.declare(topic, groups=[group])
     async with server.subscribe(topic, group=group) as sub:
 
-        async def answer() -> None:
+        async def answer() -> str:
             d = await sub.receive(timeout=20)
             await d.reply(b"pong", headers={"status": "ok"})
             await d.ack()
+            return d.message.id
 
         task = asyncio.create_task(answer())
         reply = await client.request(topic, b"ping", timeout=20)
-        await task
+        request_id = await task
     expect(reply.data == b"pong", f"reply {reply.data!r}")
     expect(reply.headers.get("status") == "ok", f"headers {dict(reply.headers)!r}")
-    expect(reply.causation_id is not None, "the reply must name its request (causation_id)")
+    # the id of the request as the server received it: naming any other message
+    # (a fresh id, the reply's own) would not let a requester correlate the answer
+    expect(
+        reply.causation_id == request_id,
+        f"the reply must name its request: causation_id {reply.causation_id!r},"
+        f" request id {request_id!r}",
+    )
 
 
 @scenario(Feature.REQUEST_REPLY)

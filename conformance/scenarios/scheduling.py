@@ -7,6 +7,7 @@ import time
 from bus.capabilities import Feature
 from conformance._scenario import expect, scenario
 from conformance.context import Context
+from conformance.scenarios._attributes import expect_attributes, publish_with_attributes
 
 # How much earlier than asked a delayed delivery may arrive (clock granularity).
 _EARLY = 0.1
@@ -33,18 +34,26 @@ async def publish_delay(ctx: Context) -> str:
 
 @scenario(Feature.NACK_DELAY, timeout=60)
 async def nack_delay(ctx: Context) -> str:
-    """nack(delay) redelivers no earlier than the delay, with attempt + 1."""
+    """nack(delay) redelivers no earlier than the delay, with attempt + 1 and every
+    attribute of the message."""
     b = await ctx.connect()
     topic, group = ctx.topic("nackdelay"), ctx.group()
     await b.declare(topic, groups=[group])
-    mid = await b.publish(topic, b"retry me")
+    sent = await publish_with_attributes(b, topic, b"retry me")
     async with b.subscribe(topic, group=group) as sub:
         (d,) = await ctx.collect(sub, 1, ack=False)
         started = time.monotonic()
         await d.nack(delay=2.0)
         (again,) = await ctx.collect(sub, 1, timeout=2.0 + 15)
         elapsed = time.monotonic() - started
-    expect(again.message.id == mid, "wrong message")
+    expect_attributes(d.message, sent, "first delivery")
+    # a delayed nack often goes through a wait queue or retry stream: a re-publish
+    # that must carry every attribute along
+    expect_attributes(again.message, sent, "delayed redelivery")
+    expect(
+        again.message.time == d.message.time,
+        f"time changed on redelivery: {again.message.time} != {d.message.time}",
+    )
     expect(again.attempt == 2, f"attempt {again.attempt}")
     expect(elapsed >= 2.0 - _EARLY, f"redelivered after {elapsed:.2f}s, before its 2.0s delay")
     return f"redelivered after {elapsed:.2f}s (delay 2.0s)"
@@ -63,4 +72,12 @@ async def priority_order(ctx: Context) -> None:
     order = ctx.ids(got)
     expect(set(order[:5]) == set(high), "the five high-priority messages must come first")
     expect(set(order[5:]) == set(low), "then the five low-priority ones")
-    expect(order[:5] == high, "equal priorities keep publish order")
+    # positions in publish order, so a failure shows how they were shuffled
+    expect(
+        order[:5] == high,
+        f"equal priorities keep publish order: high got as {[high.index(i) for i in order[:5]]}",
+    )
+    expect(
+        order[5:] == low,
+        f"equal priorities keep publish order: low got as {[low.index(i) for i in order[5:]]}",
+    )
