@@ -16,7 +16,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from bus.capabilities import Feature
-from bus.errors import BusError, NoResponders, RequestTimeout
+from bus.errors import BusClosed, BusError, NoResponders, RequestTimeout
 
 if TYPE_CHECKING:
     from bus.backend import Backend, BackendSubscription
@@ -55,19 +55,26 @@ class InboxRPC:
                 waiter = self._waiters.pop(reply.causation_id or "", None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
-                await delivery.ack()
+                try:
+                    await delivery.ack()
+                except BusError:
+                    # a broadcast inbox: an unacked reply costs nothing but its lease;
+                    # the reader must outlive it, or every later request times out
+                    log.warning("reply inbox ack failed", exc_info=True)
 
     async def request(self, message: Message, timeout: float) -> Message:
-        await self._ensure_inbox()
         backend = self._backend
-        if backend.capabilities.supports(Feature.NO_RESPONDERS) and not await backend.has_consumers(
-            message.topic
-        ):
-            raise NoResponders(f"nothing consumes {message.topic!r}")
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiters[message.id] = waiter
         try:
+            # the whole request within its timeout: subscribing the inbox and asking
+            # for consumers wait on the broker too
             async with asyncio.timeout(timeout):
+                await self._ensure_inbox()
+                if backend.capabilities.supports(
+                    Feature.NO_RESPONDERS
+                ) and not await backend.has_consumers(message.topic):
+                    raise NoResponders(f"nothing consumes {message.topic!r}")
                 await backend.publish([message.evolve(reply_to=self.inbox)])
                 return await waiter
         except TimeoutError:
@@ -88,4 +95,6 @@ class InboxRPC:
         if self._sub is not None:
             await self._sub.close()
         for waiter in self._waiters.values():
-            waiter.cancel()
+            if not waiter.done():
+                # the caller was not cancelled: it learns that the bus closed
+                waiter.set_exception(BusClosed("the bus closed while the request waited"))

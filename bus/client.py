@@ -337,8 +337,10 @@ class Bus:
 
         The request goes to ``topic`` like any message (a group consumes it; a
         :meth:`consume` handler's return value is the reply). Raises
-        :class:`bus.RequestTimeout` after ``timeout`` seconds and
-        :class:`bus.NoResponders` when the backend knows nothing consumes ``topic``.
+        :class:`bus.RequestTimeout` after ``timeout`` seconds (the whole request:
+        setting up the reply inbox included), :class:`bus.NoResponders` when the
+        backend knows nothing consumes ``topic``, and :class:`bus.BusClosed` when
+        the bus closes while the request waits.
         """
         self._check_open()
         validate_topic(topic)

@@ -592,6 +592,45 @@ async def test_stop_propagates_the_callers_cancellation() -> None:
         await worker.stop(timeout=0.1)
 
 
+async def test_a_request_waiting_when_the_bus_closes_gets_bus_closed() -> None:
+    """Not a CancelledError: the requesting task was not cancelled."""
+    async with bus.connect("memory://rpcclose") as b:
+        await b.subscribe("svc", group="g").open()  # a member that never answers
+        pending = asyncio.create_task(b.request("svc", b"?", timeout=30))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+    with pytest.raises(bus.BusClosed):
+        await pending
+
+
+async def test_the_reply_inbox_outlives_a_failed_ack() -> None:
+    """One reply whose ack fails does not end request/reply for the connection."""
+    from bus.delivery import Delivery
+
+    async with bus.connect("memory://rpcack") as b:
+
+        async def echo(data: bytes) -> bytes:
+            return data
+
+        async with b.consume("svc", echo, group="g"):
+            assert (await b.request("svc", b"1", timeout=5)).data == b"1"
+            real_ack, failed = Delivery.ack, []
+
+            async def flaky_ack(self: Delivery) -> None:
+                if self.message.topic.startswith("_inbox.") and not failed:
+                    failed.append(self.message.id)
+                    raise bus.BrokerUnavailable("blip")
+                await real_ack(self)
+
+            Delivery.ack = flaky_ack  # type: ignore[method-assign]
+            try:
+                assert (await b.request("svc", b"2", timeout=5)).data == b"2"
+                assert (await b.request("svc", b"3", timeout=5)).data == b"3"
+            finally:
+                Delivery.ack = real_ack  # type: ignore[method-assign]
+            assert failed
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):

@@ -373,7 +373,8 @@ class NatsJetStreamBackend(Backend):
             mover, self._mover = self._mover, None
             await mover.close()
         for waiter in self._waiters.values():
-            waiter.cancel()
+            if not waiter.done():  # the requester was not cancelled: the bus closed
+                waiter.set_exception(BusClosed("the bus closed while the request waited"))
         self._waiters.clear()
         self._closed = True
         if self._acks is not None:

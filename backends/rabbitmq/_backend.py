@@ -213,7 +213,8 @@ class RabbitMQBackend(Backend):
             with contextlib.suppress(Exception):
                 await sub.close()
         for waiter in self._waiters.values():
-            waiter.cancel()
+            if not waiter.done():  # the requester was not cancelled: the bus closed
+                waiter.set_exception(BusClosed("the bus closed while the request waited"))
         self._watchdog.close()
         conn, self._connection = self._connection, None
         if conn is not None:
