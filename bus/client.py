@@ -399,7 +399,7 @@ def _make_backend(target: str | BusSettings | Backend | None, options: dict[str,
             raise ConfigurationError("options cannot be given with a backend instance")
         return target
     if target is None:
-        target = BusSettings()
+        target = BusSettings.from_environment()
     if isinstance(target, BusSettings):
         options = {**target.connect_options(), **options}
         target = target.url

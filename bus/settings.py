@@ -42,3 +42,21 @@ class BusSettings(BaseSettings):
         from bus._redact import redact_url
 
         return f"BusSettings(url={redact_url(self.url)!r}, options={sorted(self.options)})"
+
+    # pydantic's str() lists every field as it is: the URL's password and option values
+    __str__ = __repr__
+
+    @classmethod
+    def from_environment(cls) -> BusSettings:
+        """``BusSettings()``, with invalid values raised as :class:`bus.ConfigurationError`
+        naming the variable and the problem, never the value (it may be a secret)."""
+        from bus.errors import ConfigurationError
+
+        try:
+            return cls()
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"BUS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors(include_url=False, include_input=False)
+            )
+            raise ConfigurationError(f"invalid bus settings: {problems}") from None

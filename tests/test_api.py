@@ -84,8 +84,20 @@ def test_settings_reject_unknown_backend_options(monkeypatch: pytest.MonkeyPatch
 
 
 def test_settings_repr_redacts_password() -> None:
-    settings = bus.BusSettings(url="redis://user:s3cret@host:6379/0")
-    assert "s3cret" not in repr(settings)
+    settings = bus.BusSettings(
+        url="redis://user:s3cret@host:6379/0", options={"sasl_plain_password": "t0ken"}
+    )
+    shown = f"{settings!r} {settings!s} {settings}"
+    assert "s3cret" not in shown
+    assert "t0ken" not in shown
+
+
+def test_invalid_settings_from_the_environment_are_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BUS_CONNECT_TIMEOUT", "-1")
+    with pytest.raises(bus.ConfigurationError, match="BUS_CONNECT_TIMEOUT"):
+        bus.connect()
 
 
 @pytest.mark.parametrize(
