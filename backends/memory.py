@@ -66,10 +66,18 @@ class _Held:
 
 
 class _Consumer:
-    def __init__(self, group: _Group) -> None:
+    def __init__(self, group: _Group, prefetch: int) -> None:
         self.group = group
         self.wake = asyncio.Event()
         self.closed = False
+        #: deliveries held unsettled at most, as a broker's prefetch bounds them
+        self.prefetch = prefetch
+        self.holding = 0
+
+    def unhold(self) -> None:
+        """One of this consumer's deliveries was settled or taken back: room for one."""
+        self.holding -= 1
+        self.wake.set()
 
 
 @dataclass(eq=False)
@@ -151,6 +159,7 @@ class MemoryBroker:
         for topic in self.topics.values():
             for group in topic.groups.values():
                 for held in list(group.held.values()):
+                    held.consumer.unhold()
                     release(group, held)
                 group.held.clear()
         await asyncio.sleep(downtime)
@@ -184,20 +193,25 @@ async def restart(name: str = "default", downtime: float = 0.5) -> None:
 class MemorySubscription(BackendSubscription):
     backend: MemoryBackend
 
-    def __init__(self, backend: MemoryBackend, group: _Group, *, broadcast: bool) -> None:
+    def __init__(
+        self, backend: MemoryBackend, group: _Group, *, broadcast: bool, prefetch: int
+    ) -> None:
         super().__init__(backend, group.topic.name, None if broadcast else group.name)
         self._group = group
-        self._consumer = _Consumer(group)
+        self._consumer = _Consumer(group, prefetch)
         group.consumers.append(self._consumer)
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[Delivery]:
         broker = self.backend.broker
         consumer = self._consumer
         deadline = time.monotonic() + timeout
+        # every fetch yields, as a round trip to a broker does: other members of the
+        # group get their turn instead of one member taking a whole backlog
+        await asyncio.sleep(0)
         while not consumer.closed:
             await broker.available(self.backend.options.operation_timeout)
             group = self._group
-            if group.ready:
+            if group.ready and consumer.holding < consumer.prefetch:
                 return self._take(max_messages)
             consumer.wake.clear()
             remaining = deadline - time.monotonic()
@@ -213,12 +227,15 @@ class MemorySubscription(BackendSubscription):
     def _take(self, max_messages: int) -> list[Delivery]:
         group, broker = self._group, self.backend.broker
         ack_timeout = self.backend.options.ack_timeout
+        consumer = self._consumer
+        room = min(max_messages, consumer.prefetch - consumer.holding)
         out: list[Delivery] = []
-        while group.ready and len(out) < max_messages:
+        while group.ready and len(out) < room:
             _, _, entry = heapq.heappop(group.ready)
             entry.deliveries += 1
             tag = broker.next_tag()
-            held = _Held(entry, self._consumer)
+            held = _Held(entry, consumer)
+            consumer.holding += 1
             group.held[tag] = held
             if ack_timeout is not None:
                 held.lease = asyncio.get_running_loop().call_later(ack_timeout, self._expire, tag)
@@ -229,12 +246,15 @@ class MemorySubscription(BackendSubscription):
         held = self._group.held.pop(tag, None)
         if held is not None:
             held.lease = None
+            held.consumer.unhold()
             release(self._group, held)
 
     def _settle(self, delivery: Delivery) -> _Held | None:
         held = self._group.held.pop(delivery.handle, None)
-        if held is not None and held.lease is not None:
-            held.lease.cancel()
+        if held is not None:
+            held.consumer.unhold()
+            if held.lease is not None:
+                held.lease.cancel()
         return held
 
     async def ack(self, delivery: Delivery) -> None:
@@ -271,6 +291,7 @@ class MemorySubscription(BackendSubscription):
         for tag, held in list(group.held.items()):
             if held.consumer is consumer:
                 del group.held[tag]
+                consumer.unhold()
                 release(group, held)
         if group.ephemeral:
             group.topic.groups.pop(group.name, None)
@@ -361,7 +382,7 @@ class MemoryBackend(Backend):
             g = t.group(f"_broadcast.{broker.next_tag()}", start, ephemeral=True)
         else:
             g = t.group(group, start)
-        sub = MemorySubscription(self, g, broadcast=group is None)
+        sub = MemorySubscription(self, g, broadcast=group is None, prefetch=prefetch)
         self._subscriptions.add(sub)
         return sub
 

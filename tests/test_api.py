@@ -643,6 +643,25 @@ async def test_the_reply_inbox_outlives_a_failed_ack() -> None:
             assert failed
 
 
+async def test_memory_holds_at_most_prefetch_unsettled_deliveries() -> None:
+    """As a broker's prefetch does: the rest stay with the group for other members."""
+    async with bus.connect("memory://prefetch") as b:
+        await b.declare("t", groups=["g"])
+        await b.publish_many("t", [bytes([n]) for n in range(10)])
+        async with (
+            b.subscribe("t", group="g", prefetch=2) as one,
+            b.subscribe("t", group="g", prefetch=10) as other,
+        ):
+            held = [await one.receive(timeout=2) for _ in range(2)]
+            with pytest.raises(TimeoutError):
+                await one.receive(timeout=0.3)
+            rest = [await other.receive(timeout=2) for _ in range(8)]
+            await held[0].ack()
+            with pytest.raises(TimeoutError):
+                await one.receive(timeout=0.3)  # room again, but nothing left
+        assert len({d.message.id for d in held + rest}) == 10
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):
