@@ -67,9 +67,15 @@ class Subscription:
             if self._closed:
                 raise BusClosed(f"{self!r} is closed")
             if self._inner is None:
-                self._inner = await self._backend.subscribe(
+                inner = await self._backend.subscribe(
                     self.topic, group=self.group, start=self.start, prefetch=self.prefetch
                 )
+                if self._closed:
+                    # close() ran while the backend subscribed: it saw no consumer
+                    # to close, so this one would consume (and hold messages) unseen
+                    await inner.close()
+                    raise BusClosed(f"{self!r} was closed while it opened")
+                self._inner = inner
         return self
 
     async def __aenter__(self) -> Subscription:

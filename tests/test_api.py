@@ -662,6 +662,22 @@ async def test_memory_holds_at_most_prefetch_unsettled_deliveries() -> None:
         assert len({d.message.id for d in held + rest}) == 10
 
 
+async def test_a_subscription_closed_while_it_opens_leaves_no_consumer() -> None:
+    from backends.memory import restart
+
+    async with bus.connect("memory://openrace") as b:
+        down = asyncio.create_task(restart("openrace", downtime=0.5))
+        await asyncio.sleep(0)  # the broker is down: subscribing waits for it
+        sub = b.subscribe("race", group="g")
+        opening = asyncio.create_task(sub.open())
+        await asyncio.sleep(0.05)
+        await sub.close()
+        with pytest.raises(bus.BusClosed):
+            await opening
+        await down
+        assert not await b.backend.has_consumers("race")
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):
