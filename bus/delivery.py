@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bus import codec
 from bus._ids import uuid7
 from bus.capabilities import Feature
-from bus.envelope import validate_headers
-from bus.errors import DeliveryStateError, InvalidArgument
+from bus.envelope import encoded_size, validate_headers
+from bus.errors import DeliveryStateError, InvalidArgument, MessageTooLarge
 from bus.message import Message
 
 if TYPE_CHECKING:
     from bus.backend import BackendSubscription
 
-__all__ = ["DLQ_HEADERS", "Delivery"]
+__all__ = ["DLQ_HEADERS", "MAX_REASON_CHARS", "Delivery"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,10 @@ DLQ_HEADERS = (
     "bus-dlq-group",  # the group that gave up ("" for broadcast)
     "bus-dlq-topic",  # the original topic
 )
+
+#: ``bus-dlq-reason`` is cut to this many characters (ending in "…"), so a dead
+#: letter stays within the broker's size limit whatever the error's text.
+MAX_REASON_CHARS = 2048
 
 _ACK, _NACK, _DEAD = "ack", "nack", "dead_letter"
 
@@ -116,6 +120,9 @@ class Delivery:
         in ``bus-dlq-*`` headers (see :data:`DLQ_HEADERS`)."""
         self._sub.backend.capabilities.require(Feature.DEAD_LETTER)
         if self._transition(_DEAD):
+            if len(reason) > MAX_REASON_CHARS:
+                # an exception's text can be any size; the dead letter must still fit
+                reason = reason[: MAX_REASON_CHARS - 1] + "…"
             headers = {
                 "bus-dlq-reason": reason,
                 "bus-dlq-attempts": str(self.attempt),
@@ -139,7 +146,8 @@ class Delivery:
         """Send ``data`` to the requester (``message.reply_to``); returns the reply's id.
 
         Does not settle the delivery. Raises :class:`bus.InvalidArgument` when the
-        message did not ask for a reply.
+        message did not ask for a reply, :class:`bus.MessageTooLarge` (nothing sent)
+        when the reply exceeds the backend's size limit.
         """
         request = self.message
         if not request.reply_to:
@@ -158,6 +166,10 @@ class Delivery:
             causation_id=request.id,
             trace_parent=request.trace_parent,
         )
+        limit = backend.options.max_message_bytes or backend.max_message_bytes
+        size = encoded_size(answer)
+        if size > limit:
+            raise MessageTooLarge(size, limit, answer.topic)
         await backend.reply(answer)
         self.replied = True
         return answer.id

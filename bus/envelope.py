@@ -231,8 +231,20 @@ def from_headers(
 
 
 def encoded_size(message: Message) -> int:
-    """Payload plus header bytes: what the size limit is checked against."""
-    size = len(message.data) + 64 + len(message.id) + len(message.source) + len(message.type)
-    for name, value in message.headers.items():
+    """Payload plus every attribute and header: what the size limit is checked
+    against (text counted in characters, plus a fixed allowance for names)."""
+    m = message
+    size = len(m.data) + 64 + len(m.id) + len(m.source) + len(m.type) + len(m.content_type)
+    for optional in (
+        m.key,
+        m.correlation_id,
+        m.causation_id,
+        m.trace_parent,
+        m.schema_version,
+        m.reply_to,
+    ):
+        if optional:
+            size += len(optional) + 16
+    for name, value in m.headers.items():
         size += len(name) + len(value) + 4
     return size

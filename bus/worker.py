@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus.capabilities import Feature
 from bus.delivery import Delivery
-from bus.errors import BusClosed, BusError, DecodeError
+from bus.errors import BusClosed, BusError, DecodeError, MessageTooLarge
 from bus.message import Message
 from bus.retry import Retry
 from bus.subscription import Subscription
@@ -301,6 +301,9 @@ class Worker:
             if delivery.settled is None:
                 await delivery.ack()
             self.stats.succeeded += 1
+        except MessageTooLarge as exc:
+            # the same result would be too large on every retry
+            await self._give_up(delivery, f"reply too large: {exc}", exc)
         except BusError:
             log.warning("settling %s failed; it will be redelivered", delivery, exc_info=True)
 

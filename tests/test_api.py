@@ -678,6 +678,41 @@ async def test_a_subscription_closed_while_it_opens_leaves_no_consumer() -> None
         assert not await b.backend.has_consumers("race")
 
 
+async def test_the_size_limit_counts_every_attribute_and_covers_replies() -> None:
+    """A long key is refused like a long payload; a reply over the limit is refused
+    before sending, and the worker dead-letters its request instead of retrying a
+    result that can never fit; a long dead-letter reason is cut to fit."""
+    from bus.delivery import MAX_REASON_CHARS
+
+    async with bus.connect("memory://limits", max_message_bytes=2000) as b:
+        with pytest.raises(bus.MessageTooLarge):
+            await b.publish("t", b"x", key="k" * 5000)
+        with pytest.raises(bus.MessageTooLarge):
+            await b.publish("t", b"x", correlation_id="c" * 5000)
+
+        async def big(data: bytes) -> bytes:
+            return b"r" * 5000
+
+        worker = b.consume("svc", big, group="g")
+        async with worker, b.subscribe("svc.dlq", group="audit") as dlq:
+            with pytest.raises(bus.RequestTimeout):
+                await b.request("svc", b"?", timeout=1.0)
+            dead = await dlq.receive(timeout=5)
+            assert dead.message.headers["bus-dlq-reason"].startswith("reply too large")
+        assert worker.stats.dead_lettered == 1
+
+        await b.declare("long", groups=["g"])
+        await b.publish("long", b"x")
+        async with (
+            b.subscribe("long", group="g") as sub,
+            b.subscribe("long.dlq", group="audit") as dlq,
+        ):
+            await (await sub.receive(timeout=2)).dead_letter("e" * 10_000)
+            reason = (await dlq.receive(timeout=2)).message.headers["bus-dlq-reason"]
+        assert len(reason) == MAX_REASON_CHARS
+        assert reason.endswith("…")
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):
