@@ -98,6 +98,21 @@ class Bus:
             self.capabilities.require(Feature.PRIORITY)
         if key is not None and not isinstance(key, str):
             raise InvalidArgument(f"key must be a str, got {key.__class__.__name__}")
+        # one test each on the hot path; the message says which argument
+        if (
+            type.__class__ is not str
+            or (correlation_id is not None and correlation_id.__class__ is not str)
+            or (causation_id is not None and causation_id.__class__ is not str)
+            or (trace_parent is not None and trace_parent.__class__ is not str)
+            or (schema_version is not None and schema_version.__class__ is not str)
+        ):
+            _not_text(
+                type=type,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                trace_parent=trace_parent,
+                schema_version=schema_version,
+            )
         payload, content_type = codec.encode(data)
         mid, now = stamp()
         message = assemble(
@@ -192,6 +207,13 @@ class Bus:
         accepted (publish is at-least-once; consumers de-duplicate by id)."""
         self._check_open()
         validate_topic(topic)
+        if isinstance(items, str | bytes | bytearray | memoryview) or not isinstance(
+            items, Iterable
+        ):
+            # a str or bytes is one payload, not a batch of characters or byte values
+            raise InvalidArgument(
+                f"items must be an iterable of payloads, got {items.__class__.__name__}"
+            )
         common = validate_headers(headers)
         messages = []
         for item in items:
@@ -461,3 +483,10 @@ def connect(target: str | BusSettings | Backend | None = None, /, **options: Any
 def _check_prefetch(prefetch: object) -> None:
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
         raise InvalidArgument(f"prefetch must be an int from 1 to 10000, got {prefetch!r}")
+
+
+def _not_text(**attributes: object) -> None:
+    """Raise :class:`InvalidArgument` naming the first attribute that is not a str."""
+    for name, value in attributes.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a str, got {value.__class__.__name__}")

@@ -65,6 +65,8 @@ _OPTIONAL = (
 def validate_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
     """Check user headers are ``str -> str`` and not reserved; return them (a copy,
     or one shared read-only empty mapping for none)."""
+    if not isinstance(headers, Mapping) and headers is not None:
+        raise InvalidHeader(f"headers must be a mapping str -> str, got {type(headers).__name__}")
     if not headers:
         return NO_HEADERS
     for name, value in headers.items():

@@ -713,6 +713,26 @@ async def test_the_size_limit_counts_every_attribute_and_covers_replies() -> Non
         assert reason.endswith("…")
 
 
+async def test_arguments_of_the_wrong_type_are_invalid_arguments() -> None:
+    """Typed errors, nothing sent: not an AttributeError, and not a str taken as a batch."""
+    async with bus.connect("memory://argtypes") as b:
+        await b.declare("x", groups=["g"])
+        for kwargs in (
+            {"headers": [("a", "b")]},
+            {"type": 123},
+            {"correlation_id": 5},
+            {"causation_id": b"id"},
+            {"trace_parent": 1.0},
+            {"schema_version": 3},
+        ):
+            with pytest.raises(bus.InvalidArgument):
+                await b.publish("x", b"", **kwargs)  # type: ignore[arg-type]
+        for items in ("abc", b"abc", 7):
+            with pytest.raises(bus.InvalidArgument, match="iterable of payloads"):
+                await b.publish_many("x", items)  # type: ignore[arg-type]
+        assert b.backend.group_depth("x") == {"g": 0}
+
+
 async def test_handler_without_parameters_is_rejected() -> None:
     async with bus.connect("memory://") as b:
         with pytest.raises(TypeError, match="at least one parameter"):
