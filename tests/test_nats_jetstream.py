@@ -467,6 +467,65 @@ async def _flow(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+async def test_a_frozen_server_makes_publish_many_fail_in_bounded_time(
+    private_broker: PrivateBrokerFactory,
+) -> None:
+    """A server that stops reading (SIGSTOP) while publish_many overfills the client's
+    buffer: PublishError once operation_timeout has passed (the client's forced flush
+    held it for ever, and each window of 1,000 waited a whole operation_timeout).
+    Once it runs again, every confirmed message is in the stream."""
+    broker = private_broker("nats")
+    pid = getattr(broker.runner, "pid", None)
+    if pid is None:
+        pytest.skip(f"needs a local nats-server process to stop, got {broker.origin}")
+    topic = _topic("frozen")
+    confirmed: list[str] = []
+    async with bus.connect(broker.url, operation_timeout=3.0) as b:
+        await b.declare(topic, groups=["g"])
+        confirmed += await b.publish_many(topic, [b"before"] * 5)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen = asyncio.create_task(b.publish_many(topic, [b"x" * 60_000] * 400))
+            done, _ = await asyncio.wait({frozen}, timeout=30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert frozen in done, "publish_many to a frozen server hung"
+        with pytest.raises(bus.PublishError):
+            frozen.result()
+        confirmed += await b.publish_many(topic, [b"after"] * 5)
+        seen: set[str] = set()
+        async with b.subscribe(topic, group="g") as sub:
+            # the frozen batch may be partly stored too (at-least-once)
+            with contextlib.suppress(TimeoutError):
+                while not set(confirmed) <= seen:
+                    d = await sub.receive(timeout=10)
+                    seen.add(d.message.id)
+                    await d.ack()
+    assert set(confirmed) <= seen, f"{len(set(confirmed) - seen)} confirmed messages missing"
+
+
+async def test_a_publish_waiting_when_the_bus_closes_gets_bus_closed(
+    nats_broker: Broker,
+) -> None:
+    """Not a CancelledError: the publishing task was not cancelled."""
+    topic = _topic("closing")
+    b = await bus.connect(nats_broker.url)
+    try:
+        await b.declare(topic, groups=["g"])
+        waiting = asyncio.create_task(b.publish_many(topic, [b"x" * 1024] * 5000))
+        await asyncio.sleep(0.01)
+    finally:
+        await b.close()
+    try:
+        # BusClosed, or the connection's closure seen first: a BusError either way
+        with pytest.raises(bus.BusError):
+            await waiting
+    finally:
+        async with bus.connect(nats_broker.url) as cleanup:
+            await cleanup.backend.delete_topic(topic, ["g"])
+
+
 async def test_restart_while_2000_messages_flow(private_broker: PrivateBrokerFactory) -> None:
     """A private nats-server restarted a quarter of the way through 2,000 publishes
     (singles and batches): every confirmed message reaches the group member and a

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus._watchdog import Watchdog
+from bus.errors import BusClosed
 
 __all__ = ["Item", "PubAcks"]
 
@@ -69,11 +70,17 @@ class PubAcks:
         may be stored."""
         assert self._sub is not None, "PubAcks.open() first"
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         publish, waiting = self._nc.publish, self._waiting
         inboxes: list[str] = []
         futures: list[asyncio.Future[Msg]] = []
         try:
             for headers, data in items:
+                if loop.time() > deadline:
+                    # a broker that stopped reading makes each publish wait for the
+                    # client's forced flush (flush_timeout); the rest of the window is
+                    # left unpublished, reported unanswered, and retried by the caller
+                    break
                 self._seq += 1
                 inbox = f"{self._prefix}{self._seq}"
                 future: asyncio.Future[Msg] = loop.create_future()
@@ -82,16 +89,22 @@ class PubAcks:
                 futures.append(future)
                 await publish(subject, data, reply=inbox, headers=headers)
             with contextlib.suppress(TimeoutError):  # the unanswered ones: None below
-                await self._watchdog.bound(_settled(futures), timeout)
+                await self._watchdog.bound(_settled(futures), max(deadline - loop.time(), 0))
         finally:
             for inbox in inboxes:
                 waiting.pop(inbox, None)
-        return [f.result() if f.done() and not f.cancelled() else None for f in futures]
+            for f in futures:  # retrieved: close() may have failed several
+                if f.done() and not f.cancelled():
+                    f.exception()
+        answered = [f.result() if f.done() and not f.cancelled() else None for f in futures]
+        return answered + [None] * (len(items) - len(futures))
 
     async def close(self) -> None:
         sub, self._sub = self._sub, None
         for future in self._waiting.values():
-            future.cancel()
+            if not future.done():
+                # the publisher's task was not cancelled: it learns the bus closed
+                future.set_exception(BusClosed("the bus closed while a publish waited"))
         self._waiting.clear()
         if sub is not None:
             with contextlib.suppress(Exception):  # the connection may be closed already

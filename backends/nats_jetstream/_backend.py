@@ -294,6 +294,9 @@ class NatsJetStreamBackend(Backend):
                 reconnect_time_wait=opts.reconnect_wait,  # type: ignore[arg-type]
                 connect_timeout=max(1, min(int(opts.connect_timeout), 5)),
                 pending_size=opts.pending_size,
+                # a publish that overfills the buffer forces a flush: bounded, so a
+                # broker that stopped reading cannot hold a publish for ever
+                flush_timeout=min(opts.operation_timeout, _ATTEMPT_TIMEOUT),
                 **kwargs,
             ),
             name="bus-nats-connect",
@@ -696,9 +699,13 @@ class NatsJetStreamBackend(Backend):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise self._publish_failure(subject, len(pending), problem)
-                attempt = min(remaining, _ATTEMPT_TIMEOUT)
                 for start in range(0, len(pending), _WINDOW):
                     window = pending[start : start + _WINDOW]
+                    # each window within what is left of operation_timeout
+                    attempt = min(deadline - loop.time(), _ATTEMPT_TIMEOUT)
+                    if attempt <= 0:
+                        retry.extend(pending[start:])  # raised at the deadline below
+                        break
                     outcomes = await self._attempts(subject, window, attempt)
                     for item, outcome in zip(window, outcomes, strict=True):
                         if outcome is not None:

@@ -186,7 +186,7 @@ class _Base(BackendSubscription):
                 batch = await self._fetch_once(room, deadline)
             except BusError:
                 raise
-            except (rex.RedisError, OSError) as exc:
+            except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
                 if not is_transient(exc):
                     raise self._conn.error(exc, f"reading {self.topic!r}") from exc
                 self._note_failure(exc, "reading")
