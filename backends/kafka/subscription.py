@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Longest single wait inside fetch(): bounds how late close() and due delays are seen.
 _SLICE = 0.1
+# How far past a fetch's deadline a getmany may run before it is cut short.
+_GETMANY_SLACK = 0.05
 #: Delayed records (``bus-not-before`` in the future) a consumer holds in memory at
 #: most; beyond that it stops pulling until the earliest is due.
 _MAX_HELD = 10_000
@@ -232,7 +234,13 @@ class _KafkaSubscription(BackendSubscription):
                         await self._wake.wait()
                 continue
             try:
-                records = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=room)
+                # aiokafka waits for a partition assignment inside getmany whatever
+                # timeout_ms says (a rebalance that does not finish held receive() far
+                # past its timeout): the caller's deadline bounds it here
+                async with asyncio.timeout(remaining + _GETMANY_SLACK):
+                    records = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=room)
+            except TimeoutError:
+                break
             except (ConsumerStoppedError, IllegalStateError):
                 break  # closed while waiting
             except Exception as exc:
