@@ -403,9 +403,10 @@ async def test_a_frozen_server_makes_publish_fail_in_bounded_time_not_hang(
     private_broker: PrivateBrokerFactory,
 ) -> None:
     """A Redis that keeps its sockets open but answers nothing (SIGSTOP): publish
-    raises BrokerUnavailable once the reply timeout (15 s with operation_timeout=1)
-    has passed, instead of waiting forever. Once the server runs again, the same Bus
-    publishes on a new connection, and every confirmed message is in the stream."""
+    raises BrokerUnavailable once operation_timeout (1 s) has passed, instead of
+    waiting forever or for the reply timeout sized for blocking reads (15 s). Once
+    the server runs again, the same Bus publishes on a new connection, and every
+    confirmed message is in the stream."""
     broker = private_broker("redis")
     topic = _topic("frozen")
     async with _raw(broker.url) as r:
@@ -422,7 +423,8 @@ async def test_a_frozen_server_makes_publish_fail_in_bounded_time_not_hang(
             took = time.monotonic() - started
         finally:
             os.kill(pid, signal.SIGCONT)
-        assert 14.0 <= took < 25.0, f"publish to a frozen server gave up after {took:.1f}s"
+        # operation_timeout, then the watchdog's resolution (0.25 s) and scheduling
+        assert 0.95 <= took < 3.0, f"publish to a frozen server gave up after {took:.1f}s"
         confirmed += [await b.publish(topic, b"after") for _ in range(5)]
         async with b.subscribe(topic, group="g") as sub:
             # the frozen publish may have been stored too (at-least-once): 10 or 11

@@ -285,13 +285,22 @@ class Connection:
     ) -> T:
         """Run ``op`` until it succeeds, retrying transient failures with backoff until
         ``deadline`` (monotonic; default now + ``operation_timeout``), then raise
-        :class:`bus.BrokerUnavailable`. Other driver errors become :class:`bus.BusError`."""
+        :class:`bus.BrokerUnavailable`; an attempt still waiting for its reply at the
+        deadline is cancelled (within the watchdog's resolution). Other driver errors
+        become :class:`bus.BusError`."""
         if deadline is None:
             deadline = time.monotonic() + self.options.operation_timeout
         pause = 0.05
         while True:
             try:
-                return await op()
+                left = deadline - time.monotonic()
+                if left >= self.reply_timeout:
+                    return await op()  # bounded by reply_timeout inside
+                # The attempt ends by the deadline too: a frozen server (sockets open,
+                # nothing answered) is not waited for the whole reply_timeout, which
+                # is sized for blocking reads (15 s or more), when operation_timeout
+                # says less. Cancelled mid-reply, redis-py drops that connection.
+                return await self._watchdog.bound(op(), max(left, 0.0))
             except BusError:
                 raise
             except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
