@@ -75,6 +75,29 @@ def load_conformance(directory: Path, backends: Iterable[str]) -> dict[str, dict
     return out
 
 
+def declared_conformance(backend: str) -> dict[str, Any] | None:
+    """What ``backend`` declares it can do (``bus capabilities``), in the shape of a
+    conformance JSON marked ``"declared": True`` and without scenario results; None
+    when its client library is not installed. The report falls back on it where no
+    conformance results exist, so a decision never recommends a broker for a workload
+    it cannot serve (an event log on a broker without replay) just because
+    ``bus conformance`` was not run first."""
+    from bus.errors import ConfigurationError
+    from bus.registry import resolve
+
+    try:
+        capabilities = resolve(f"{_SCHEME.get(backend, backend)}://").capabilities
+    except ConfigurationError:  # a missing client library, or a scheme nobody registered
+        return None
+    return {
+        "declared": True,
+        "capabilities": {
+            f.value: {"support": capabilities[f].support.value, "how": capabilities[f].how}
+            for f in capabilities
+        },
+    }
+
+
 # -- small helpers -------------------------------------------------------------------
 
 
@@ -663,26 +686,38 @@ def _capability_section(results: Results, conformance: dict[str, dict[str, Any] 
                 row.append("?")
                 continue
             cap = data.get("capabilities", {}).get(feature)
-            row.append(cap.get("support", "?") if cap else "?")
+            mark = "\\*" if data.get("declared") else ""
+            row.append(cap.get("support", "?") + mark if cap else "?")
         rows.append(row)
     summary = ["conformance (pass/fail/skip)"]
     for backend in backends:
         data = conformance.get(backend)
         if data is None:
             summary.append("no results")
+        elif data.get("declared"):
+            summary.append("not run")
         else:
             s = data.get("summary", {})
             summary.append(f"{s.get('pass', 0)}/{s.get('fail', 0)}/{s.get('skip', 0)}")
     rows.append(summary)
     missing = [b for b in backends if conformance.get(b) is None]
+    declared = [b for b in backends if (conformance.get(b) or {}).get("declared")]
     text = [_table(header, rows)]
+    run_it = "run `bus conformance URL`, which writes `bus-results/conformance-<scheme>.json`"
+    if declared:
+        text += [
+            "",
+            "\\* Declared, not proven: no conformance results for "
+            + ", ".join(_label(b) for b in declared)
+            + f", so the column shows what the backend declares (`bus capabilities`), which "
+            f"the decision table also uses to exclude a broker; {run_it} to verify it.",
+        ]
     if missing:
         text += [
             "",
-            "No conformance results for: "
+            "No conformance results or declaration for: "
             + ", ".join(_label(b) for b in missing)
-            + " (run `bus conformance URL`, which writes `bus-results/conformance-<scheme>.json`; "
-            "`?` = unknown).",
+            + f" ({run_it}; `?` = unknown).",
         ]
     failing = []
     for backend in backends:
@@ -1213,6 +1248,9 @@ def write_report(
         if t.backend == "kafka" and "tansu" in str(t.broker.get("implementation", "")).lower():
             _LABEL["kafka"] = "Kafka (Tansu)"
     conformance = load_conformance(conformance_dir or Path("bus-results"), _backends(results))
+    for backend, data in conformance.items():
+        if data is None:
+            conformance[backend] = declared_conformance(backend)
     charts: dict[str, list[str]] = {}
 
     def add(key: str, name: str | None) -> None:

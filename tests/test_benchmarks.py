@@ -18,7 +18,7 @@ from benchmarks.brokercost import CostMeter
 from benchmarks.cli import main
 from benchmarks.compare import chance_share, compare
 from benchmarks.config import apply_overrides, profile, session_timeout_for
-from benchmarks.report import decision_rows, render_markdown
+from benchmarks.report import decision_rows, render_markdown, write_report
 from benchmarks.results import PointResult, Probe, Ratio, Results, TargetResult
 from benchmarks.runner import compute_ratios, merge_rounds, round_configs
 from benchmarks.stats import summarize
@@ -235,6 +235,40 @@ def test_compare_counts_figures_whose_medians_fall_in_the_other_spread() -> None
     assert (
         "Library/raw ratios, the figures the targets judge: 1 of 1 (100%)" in comparison.markdown()
     )
+
+
+def test_report_without_conformance_results_uses_the_declared_capabilities(
+    tmp_path: Path,
+) -> None:
+    """With no conformance JSON, the capability matrix shows each backend's declared
+    capabilities, marked as such, and the decision table still excludes a broker that
+    cannot serve a workload: RabbitMQ publishes fastest here, but an event log needs
+    replay, which it declares unsupported."""
+
+    def point(backend: str, value: float) -> PointResult:
+        return PointResult(
+            target=f"{backend}/bus",
+            backend=backend,
+            side="bus",
+            workload="batched_publish",
+            params={"size": 1024},
+            metrics={"msg_s": summarize([value, value, value])},
+        )
+
+    targets = [
+        TargetResult(id=f"{b}/bus", backend=b, side="bus", url=f"{b}://")
+        for b in ("rabbitmq", "redis")
+    ]
+    results = _results([point("rabbitmq", 90_000), point("redis", 50_000)], targets)
+    report = write_report(results, tmp_path / "out", conformance_dir=tmp_path / "none")
+    text = report.read_text()
+    (event_log,) = [line for line in text.splitlines() if line.startswith("| Event log |")]
+    assert "excluded (capability): RabbitMQ" in event_log
+    assert "**Redis Streams**" in event_log
+    (replay,) = [line for line in text.splitlines() if line.startswith("| `replay` |")]
+    assert replay == "| `replay` | native\\* | unsupported\\* |"  # redis, rabbitmq
+    assert "Declared, not proven: no conformance results for Redis Streams, RabbitMQ" in text
+    assert "| conformance (pass/fail/skip) | not run | not run |" in text
 
 
 def test_latency_runs_that_fell_behind_their_rate_are_named() -> None:
