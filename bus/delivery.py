@@ -106,7 +106,9 @@ class Delivery:
             self._transition(_ACK)  # a repeated ack is a no-op, a conflicting one raises
 
     async def nack(self, delay: float | None = None) -> None:
-        """Deliver again, to any member, no earlier than ``delay`` seconds from now."""
+        """Deliver again, no earlier than ``delay`` seconds from now, to this member or
+        another (which one is the backend's: Kafka re-queues a plain nack in the consumer
+        that holds the partition)."""
         if delay is not None:
             if not (isinstance(delay, int | float) and math.isfinite(delay) and delay >= 0):
                 raise InvalidArgument(f"nack delay must be a finite number >= 0, got {delay!r}")
@@ -117,7 +119,10 @@ class Delivery:
 
     async def dead_letter(self, reason: str, *, error_type: str | None = None) -> None:
         """Move to ``<topic>.dlq`` with the reason, attempts, group and original topic
-        in ``bus-dlq-*`` headers (see :data:`DLQ_HEADERS`)."""
+        in ``bus-dlq-*`` headers (see :data:`DLQ_HEADERS`). When it raises, the delivery
+        is unsettled again (the dead letter may be missing), so it can be nacked or
+        dead-lettered again; a dead letter that was written after all may then exist
+        twice (at-least-once)."""
         self._sub.backend.capabilities.require(Feature.DEAD_LETTER)
         if self._transition(_DEAD):
             if len(reason) > MAX_REASON_CHARS:
@@ -131,7 +136,14 @@ class Delivery:
             }
             if error_type:
                 headers["bus-dlq-error"] = error_type
-            await self._sub.dead_letter(self, headers)
+            try:
+                await self._sub.dead_letter(self, headers)
+            except BaseException:
+                # The dead letter may not have been written (RabbitMQ: no queue on the
+                # dead-letter topic), so the original was not settled: unsettled again,
+                # the caller can nack it or try later instead of holding it for ever.
+                self._state = None
+                raise
 
     async def in_progress(self) -> None:
         """Still working: extend the lease so the message is not handed to another

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -129,8 +130,21 @@ def _hints(handler: Handler) -> dict[str, Any]:
             target = call
     try:
         return typing.get_type_hints(target)
-    except Exception:  # unresolvable names: build_invoker says which one
-        return {}
+    except Exception:
+        pass
+    # One unresolvable name fails the whole call: resolve each parameter alone, so
+    # that an unresolvable return annotation (unused here) costs nothing and the
+    # error build_invoker raises names the parameter that really is unresolvable.
+    nsobj = inspect.unwrap(target)
+    globalns = getattr(getattr(nsobj, "__func__", nsobj), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, ann in getattr(target, "__annotations__", {}).items():
+        if name == "return":
+            continue
+        one = types.SimpleNamespace(__annotations__={name: ann})
+        with contextlib.suppress(Exception):
+            hints.update(typing.get_type_hints(one, globalns=globalns))
+    return hints
 
 
 class Worker:
@@ -183,6 +197,7 @@ class Worker:
         self._on_stop = on_stop
         self._heartbeat: asyncio.Task[None] | None = None
         self._heartbeat_every: float | None = None
+        self._nack_delay = backend.capabilities.supports(Feature.NACK_DELAY)
         if backend.capabilities.supports(Feature.LEASE):
             lease = backend.options.ack_timeout
             self._heartbeat_every = lease / 3 if lease else _DEFAULT_HEARTBEAT
@@ -325,15 +340,36 @@ class Worker:
             return
         try:
             if self.dead_letter:
-                self.stats.dead_lettered += 1
                 log.warning("dead-lettering %s: %s", delivery, reason, exc_info=exc)
-                await delivery.dead_letter(reason, error_type=type(exc).__qualname__)
+                try:
+                    await delivery.dead_letter(reason, error_type=type(exc).__qualname__)
+                except BusError as failure:
+                    await self._dead_letter_failed(delivery, failure)
+                    return
+                self.stats.dead_lettered += 1
             else:
                 self.stats.dropped += 1
                 log.error("dropping %s after failure: %s", delivery, reason, exc_info=exc)
                 await delivery.ack()
         except BusError:
             log.warning("settling %s failed; it will be redelivered", delivery, exc_info=True)
+
+    async def _dead_letter_failed(self, delivery: Delivery, failure: BusError) -> None:
+        """The dead letter could not be written (e.g. RabbitMQ without a queue on the
+        dead-letter topic): the delivery is unsettled again; hand it back after the
+        retry backoff rather than hold it (a backend without leases would keep it
+        until the connection closes) or deliver it again at once (a hot loop)."""
+        delay = self.retry.backoff.delay(delivery.attempt) if self._nack_delay else None
+        log.error(
+            "dead-lettering %s failed (%s); it is delivered again%s",
+            delivery,
+            failure,
+            f" in {delay:.1f}s" if delay else "",
+        )
+        try:
+            await delivery.nack(delay=delay)
+        except BusError:
+            log.warning("nack of %s failed; it will be redelivered", delivery, exc_info=True)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop fetching, let in-flight handlers finish for up to ``timeout`` seconds,

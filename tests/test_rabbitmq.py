@@ -513,6 +513,49 @@ async def test_dead_letter_without_a_dlq_queue_is_an_error_and_loses_nothing(
     await _drop(rabbitmq_broker.url, group_queue(topic, "g"))
 
 
+async def test_worker_whose_dead_letter_fails_hands_the_message_back_after_backoff(
+    rabbitmq_broker: Broker,
+) -> None:
+    """bus.consume giving up on a job while no queue receives <topic>.dlq: the failed
+    dead letter leaves the delivery unsettled, and the worker nacks it with the retry
+    backoff instead of holding it until the channel closes (RabbitMQ has no lease).
+    Once a group is declared on the dead-letter topic, the next give-up lands there:
+    the job is in the dlq exactly as published, counted only then."""
+    topic = _topic("dlqlater")
+    dlq = f"{topic}.dlq"
+    attempts: list[int] = []
+    thrice = asyncio.Event()
+
+    async def always_fails(d: bus.Delivery) -> None:
+        attempts.append(d.attempt)
+        if len(attempts) >= 3:
+            thrice.set()
+        raise RuntimeError("poison")
+
+    async with bus.connect(rabbitmq_broker.url) as b:
+        await b.declare(topic, groups=["g"])
+        mid = await b.publish(topic, b"job")
+        retry = bus.Retry(max_attempts=1, backoff=bus.Fixed(0.3))
+        async with b.consume(topic, always_fails, group="g", retry=retry) as worker:
+            await asyncio.wait_for(thrice.wait(), 10)  # handed back, failed again
+            assert worker.stats.dead_lettered == 0
+            # each hand-back is a new delivery: the quorum queue counts attempts up
+            assert attempts == sorted(attempts), attempts
+            assert attempts[-1] > attempts[0], attempts
+            await b.declare(dlq, groups=["audit"])
+            async with b.subscribe(dlq, group="audit") as dead:
+                (letter,) = await collect_acked(dead, 1, 10)
+            assert letter.message.id == mid
+            assert letter.message.headers["bus-dlq-topic"] == topic
+            assert letter.message.data == b"job"
+            assert worker.stats.dead_lettered == 1
+        # the original was settled with its dead letter: nothing comes back
+        async with b.subscribe(topic, group="g") as sub:
+            with pytest.raises(TimeoutError):
+                await sub.receive(timeout=1.0)
+    await _drop(rabbitmq_broker.url, group_queue(topic, "g"), group_queue(dlq, "audit"))
+
+
 async def test_broker_dead_letters_at_the_delivery_limit(rabbitmq_broker: Broker) -> None:
     """delivery_limit: after that many returns the quorum queue dead-letters the
     message itself to <topic>.dlq, where it arrives with bus-dlq-* headers."""
