@@ -159,8 +159,8 @@ class BackendSubscription(abc.ABC):
 
     @abc.abstractmethod
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
-        """Deliver again (to any member), no earlier than ``delay`` seconds from now;
-        the next delivery has ``attempt + 1``."""
+        """Deliver again (to this member or another), no earlier than ``delay`` seconds
+        from now; the next delivery has ``attempt + 1``."""
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, str]) -> None:
         """Move to ``<topic>.dlq`` with ``headers`` added, then settle the original.

@@ -2,8 +2,11 @@
 
 ``bus conformance URL [--json FILE] [--only NAME ...] [-o key=value ...]``
     run the conformance suite against URL, print the table, write JSON.
-``bus capabilities [--markdown]``
-    the feature x backend capability matrix of the built-in backends.
+``bus capabilities [BACKEND ...] [--readme FILE]``
+    the feature x backend capability matrix of the built-in backends (Markdown);
+    ``--readme`` rewrites the generated block of that file.
+``bus broker KIND``
+    start a private broker on a free port, print its URL, run until Ctrl-C.
 ``bus bench ...``
     the benchmarks (see ``benchmarks``; installed with the ``bench`` extra).
 

@@ -3,7 +3,7 @@
 Each backend extends :class:`BackendOptions` with its own fields; unknown options
 are rejected (``extra="forbid"``) with a :class:`bus.ConfigurationError` that lists
 the valid names. Options come from keyword arguments to :func:`bus.connect`, from
-the URL's query string (``redis://h/0?claim_idle=30``), or from
+the URL's query string (``redis://h/0?ack_timeout=30``), or from
 :class:`bus.BusSettings`; keyword arguments win over the query string.
 """
 
@@ -37,11 +37,13 @@ class BackendOptions(pydantic.BaseModel):
     connect_timeout: float = pydantic.Field(default=10.0, gt=0, le=300)
     """Seconds to establish the connection before :class:`bus.BrokerUnavailable`."""
     operation_timeout: float = pydantic.Field(default=30.0, gt=0, le=3600)
-    """Seconds to wait for a broker confirm (publish) before :class:`bus.PublishError`,
-    including time spent reconnecting."""
+    """Seconds to wait for a broker confirm (publish) before :class:`bus.PublishError`
+    or :class:`bus.BrokerUnavailable` (the broker cannot be reached), including time
+    spent reconnecting."""
     ack_timeout: float | None = pydantic.Field(default=None, gt=0)
     """Lease of a delivery: unsettled this long, it goes to another member of the
-    group (backends declaring the ``lease`` capability). ``None``: backend default."""
+    group (backends declaring the ``lease`` capability). ``None``: backend default.
+    Backends without leases (RabbitMQ, Kafka) reject it rather than ignore it."""
     max_message_bytes: int | None = pydantic.Field(default=None, gt=0)
     """Refuse larger messages with :class:`bus.MessageTooLarge` (default: the
     backend's own limit)."""

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import pydantic
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 __all__ = ["BusSettings"]
 
@@ -28,7 +28,7 @@ class BusSettings(BaseSettings):
     source: str | None = None
     connect_timeout: float | None = pydantic.Field(default=None, gt=0)
     options: dict[str, Any] = pydantic.Field(default_factory=dict)
-    """Backend-specific options (``BUS_OPTIONS='{"claim_idle": 30}'``)."""
+    """Backend-specific options (``BUS_OPTIONS='{"ack_timeout": 30}'``)."""
 
     def connect_options(self) -> dict[str, Any]:
         opts = dict(self.options)
@@ -60,3 +60,9 @@ class BusSettings(BaseSettings):
                 for err in exc.errors(include_url=False, include_input=False)
             )
             raise ConfigurationError(f"invalid bus settings: {problems}") from None
+        except SettingsError as exc:
+            # a complex field (BUS_OPTIONS) that is not JSON fails before validation;
+            # the message names the field and its source, not the value
+            raise ConfigurationError(
+                f"invalid bus settings: {exc} (BUS_OPTIONS must be a JSON object)"
+            ) from None

@@ -98,6 +98,18 @@ def test_invalid_settings_from_the_environment_are_a_configuration_error(
     monkeypatch.setenv("BUS_CONNECT_TIMEOUT", "-1")
     with pytest.raises(bus.ConfigurationError, match="BUS_CONNECT_TIMEOUT"):
         bus.connect()
+    monkeypatch.delenv("BUS_CONNECT_TIMEOUT")
+    monkeypatch.setenv("BUS_OPTIONS", '{"sasl_plain_password": s3cret')  # not JSON
+    with pytest.raises(bus.ConfigurationError, match="BUS_OPTIONS") as info:
+        bus.connect()
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@h/", "kafka://h:9092"])
+def test_backends_without_leases_refuse_ack_timeout(url: str) -> None:
+    """A lease that the broker cannot give is refused, not accepted and ignored."""
+    with pytest.raises(bus.ConfigurationError, match="ack_timeout is not supported"):
+        bus.connect(url, ack_timeout=5)
 
 
 @pytest.mark.parametrize(
@@ -549,10 +561,25 @@ async def test_handlers_are_resolved_as_written() -> None:
 
         with pytest.raises(TypeError, match="Undefined"):
             b.consume("d", unresolvable, group="g")
+
+        # an unresolvable return annotation is not used: the handler runs (and an
+        # unresolvable parameter beside a fine one is named, not the fine one)
+        async def returns_unknown(data: bytes) -> Undefined:  # type: ignore[name-defined]  # noqa: F821
+            done.append(b"r:" + data)
+
+        async with b.consume("e", returns_unknown, group="g") as w4:
+            await b.publish("e", b"w")
+            await _until(lambda: w4.stats.succeeded == 1)
+
+        def one_bad(data: bytes, job: Undefined) -> None:  # type: ignore[name-defined]  # noqa: F821
+            pass
+
+        with pytest.raises(TypeError, match="'Undefined' of parameter 'job'"):
+            b.consume("d", one_bad, group="g")
         with pytest.raises(bus.InvalidArgument, match="prefetch"):
             b.consume("d", process, group="g", prefetch=-1)
     assert counter.seen == ["Delivery"]
-    assert done == [b"p:y", b"l:z"]
+    assert done == [b"p:y", b"l:z", b"r:w"]
     assert (w1.stats.dead_lettered, w2.stats.dead_lettered, w3.stats.dead_lettered) == (0, 0, 0)
 
 

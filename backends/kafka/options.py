@@ -101,6 +101,13 @@ class KafkaOptions(BackendOptions):
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> KafkaOptions:
+        if self.ack_timeout is not None:
+            # accepted and ignored, it would promise a lease Kafka does not have
+            raise ValueError(
+                "ack_timeout is not supported: Kafka has no per-message lease (a stuck "
+                "member keeps its partitions until session_timeout_ms or "
+                "max_poll_interval_ms expires; set those instead)"
+            )
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         return self

@@ -36,8 +36,10 @@ class RabbitMQOptions(BackendOptions):
     docstring)."""
     delivery_limit: int | None = pydantic.Field(default=None, ge=1)
     """Quorum queues only: ``x-delivery-limit``. A message returned (nack, consumer
-    death) this many times is dead-lettered by the broker to ``<topic>.dlq``.
-    ``None``: unlimited (let the worker's Retry decide). It counts returns to the
+    death) more than this many times is dead-lettered by the broker to ``<topic>.dlq``
+    (``delivery_limit=2``: delivered at most 3 times). ``None`` (the default):
+    unlimited, so the worker's Retry decides; a message whose handler kills its
+    process every time then loops until the limit is set. It counts returns to the
     queue (nack without delay, a consumer that died or closed); ``nack(delay)``
     re-publishes a copy whose count starts again. Part of the queue's arguments:
     changing it for an existing group is refused like a queue type change."""

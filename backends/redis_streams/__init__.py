@@ -56,10 +56,10 @@ the holder still works. Requires Redis >= 6.2.
 Tested (``tests/test_redis_streams.py`` and ``bus conformance``) on Redis 7.0 standalone
 and on a 3-primary Redis Cluster the test builds from local ``redis-server`` processes
 (``cluster=True``; the conformance scenarios that exercise every script, pipeline and
-multi-stream read), with redis-py 5.0, 7.4 and 8.1. On a cluster each topic's keys live
-on the node owning its hash slot, and the backend keeps one plain client per primary so
-that a pipeline or a script goes to that node whole (MOVED / ASK refresh the slot map
-and retry).
+multi-stream read), with redis-py 5.0 and 7.4 (the ``redis`` extra pins >=5.0,<8). On a
+cluster each topic's keys live on the node owning its hash slot, and the backend keeps
+one plain client per primary so that a pipeline or a script goes to that node whole
+(MOVED / ASK refresh the slot map and retry).
 """
 
 from .backend import CAPABILITIES, RedisStreamsBackend

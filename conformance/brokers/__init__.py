@@ -2,7 +2,7 @@
 
 Tests get brokers from :func:`find_or_start` (shared, never disrupted) or
 :func:`start_private` / :func:`start_nats_cluster` (owned by the test, may be stopped,
-killed and restarted). See ``DESIGN.md`` section "Brokers in tests"::
+killed and restarted). See the README's section "Brokers in tests"::
 
     from conformance.brokers import find_or_start, start_private
 
