@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from support import collect_acked
 
 import bus
 from backends.kafka import KafkaBackend, group_id
@@ -562,3 +563,68 @@ async def test_restart_and_kill_while_2000_messages_flow(
     assert len(phases[2]) >= 200, "the kill came too late to test anything"
     missing = set(phases[2]) - received
     assert not missing, f"{len(missing)} of {len(phases[2])} confirmed after the kill lost"
+
+
+def _kafka_tasks() -> list[str]:
+    """Tasks of aiokafka's clients and of this backend still running in this loop."""
+    left = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = getattr(code, "co_filename", "")
+        if "aiokafka" in where or task.get_name().startswith("bus-kafka"):
+            left.append(f"{task.get_name()}:{getattr(code, 'co_qualname', '?')}")
+    return left
+
+
+async def test_a_subscribe_cut_short_leaves_no_task_behind(kafka_broker: Broker) -> None:
+    """A group subscribe cancelled while the member joins (Tansu holds a join about
+    half the session timeout): once the Bus is closed, nothing of it runs on (its
+    commit loop, started before the join, lived for ever)."""
+    topic = _topic("cutshort")
+    async with bus.connect(kafka_broker.url) as b:
+        await b.declare(topic, groups=["g"])
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.subscribe(topic, group="g").open(), 0.5)
+    await asyncio.sleep(0.5)  # what was cancelled has run its course
+    assert _kafka_tasks() == []
+
+
+@pytest.mark.slow
+async def test_close_on_a_frozen_broker_is_bounded_and_leaves_nothing_running(
+    private_broker: PrivateBrokerFactory,
+) -> None:
+    """close() while the broker answers nothing (SIGSTOP) and a member holds an
+    unsettled record: close returns within a few operation_timeouts and leaves no
+    aiokafka task behind (a stop cut short by its bound left heartbeat, fetch, metadata
+    and sender tasks running, and the closed member in its group). Once the broker runs
+    again, the held record reaches a new member: counted by id, nothing lost."""
+    broker = private_broker("kafka")
+    pid = getattr(broker.runner, "pid", None)
+    if pid is None:
+        pytest.skip(f"needs a local Tansu process to stop, got {broker.origin}")
+    topic = _topic("frozenclose")
+    # a short session: Tansu holds a join half of it, which must fit operation_timeout
+    b = await bus.connect(
+        broker.url, operation_timeout=3.0, session_timeout_ms=2000, heartbeat_interval_ms=500
+    )
+    try:
+        await b.declare(topic, groups=["g"])
+        sent = await b.publish(topic, b"held")
+        sub = await b.subscribe(topic, group="g").open()
+        held = await sub.receive(timeout=15)
+        assert held.message.id == sent
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            await asyncio.wait_for(b.close(), 60)
+            took = time.monotonic() - started
+            left = _kafka_tasks()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await b.close()
+    assert left == [], left
+    assert took < 25.0, f"close took {took:.1f}s with operation_timeout=3"
+    async with bus.connect(broker.url) as b2, b2.subscribe(topic, group="g") as sub2:
+        (again,) = await collect_acked(sub2, 1, 30)
+    assert again.message.id == sent

@@ -26,6 +26,7 @@ from bus.options import BackendOptions
 from .config import ClusterConfig, parse_url
 from .options import KafkaOptions
 from .records import NOT_BEFORE, encode_headers
+from .teardown import stop_client
 from .writes import Outgoing, send_batches
 
 __all__ = ["CAPABILITIES", "DEFAULT_MESSAGE_MAX_BYTES", "KafkaBackend", "group_id"]
@@ -254,8 +255,7 @@ class KafkaBackend(Backend):
             try:
                 await producer.start()
             except KafkaError as exc:
-                with contextlib.suppress(KafkaError):
-                    await producer.stop()
+                await stop_client(producer, 5.0)
                 if not exc.retriable:
                     if wanted:
                         raise ConfigurationError(
@@ -271,12 +271,20 @@ class KafkaBackend(Backend):
                     _IDEMPOTENCE[self.cluster.bootstrap] = False
                 else:
                     raise
+            except BaseException:
+                # connect_timeout or a cancellation mid-start: nothing may outlive it
+                await stop_client(producer, 5.0)
+                raise
             else:
                 _IDEMPOTENCE[self.cluster.bootstrap] = True
                 self.idempotent = True
                 return producer
         producer = self._make_producer(idempotent=False)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await stop_client(producer, 5.0)
+            raise
         return producer
 
     def _make_producer(self, *, idempotent: bool) -> AIOKafkaProducer:
@@ -300,9 +308,7 @@ class KafkaBackend(Backend):
         inbox = self._rpc.inbox if self._rpc is not None else None
         with contextlib.suppress(BusError):
             await self._close_inbox()
-        for sub in list(self._subscriptions):
-            with contextlib.suppress(BusError):
-                await sub.close()
+        await asyncio.gather(*(self._close_subscription(s) for s in list(self._subscriptions)))
         self._closed = True
         if inbox is not None and self._admin is not None and inbox in self._topics:
             with contextlib.suppress(KafkaError, TimeoutError):
@@ -311,16 +317,26 @@ class KafkaBackend(Backend):
         await self._close_clients()
         self._watchdog.close()
 
+    @staticmethod
+    async def _close_subscription(sub: BackendSubscription) -> None:
+        with contextlib.suppress(BusError):
+            await sub.close()
+
     async def _close_clients(self) -> None:
         clients: list[Any] = [self._producer, self._probe, self._admin]
         self._producer = self._probe = self._admin = None
-        for client in clients:
-            if client is None:
-                continue
-            stop = client.close if isinstance(client, AIOKafkaAdminClient) else client.stop
+        # at once: against a broker that stopped answering, close takes one bound,
+        # not one per client
+        await asyncio.gather(*(self._close_client(c) for c in clients if c is not None))
+
+    async def _close_client(self, client: Any) -> None:
+        bound = max(self.options.operation_timeout, 5.0)
+        if isinstance(client, AIOKafkaAdminClient):
             with contextlib.suppress(KafkaError, TimeoutError, OSError):
-                async with asyncio.timeout(max(self.options.operation_timeout, 5.0)):
-                    await stop()
+                async with asyncio.timeout(bound):
+                    await client.close()
+        else:
+            await stop_client(client, bound)
 
     # -- topics --------------------------------------------------------------------
     def _partitions_for_new(self, topic: str) -> int:
@@ -465,16 +481,15 @@ class KafkaBackend(Backend):
                 request_timeout_ms=self._request_timeout_ms(),
             )
         )
-        await committer.start()
         try:
+            await committer.start()
             committer.assign(missing)
             await committer.commit({tp: targets[tp] for tp in missing})
         except (CommitFailedError, IllegalStateError) as exc:
             # an active group refuses a commit from outside: its members own the offsets
             log.debug("group %s already active, start offsets left to it: %s", gid, exc)
         finally:
-            with contextlib.suppress(KafkaError):
-                await committer.stop()
+            await stop_client(committer, self.options.operation_timeout)
 
     # -- producing -------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message], *, delay: float | None = None) -> None:

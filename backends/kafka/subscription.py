@@ -54,6 +54,7 @@ from bus.message import Message
 
 from .backend import group_id
 from .records import ATTEMPT, GROUP, NOT_BEFORE, to_message
+from .teardown import stop_client
 from .writes import Outgoing
 
 if TYPE_CHECKING:
@@ -427,9 +428,7 @@ class _KafkaSubscription(BackendSubscription):
         """Stop the consumer of a subscription that never became live."""
         self._closed = True
         if self.consumer is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(self.backend.options.operation_timeout):
-                    await self.consumer.stop()
+            await stop_client(self.consumer, self.backend.options.operation_timeout)
 
 
 class BroadcastSubscription(_KafkaSubscription):
@@ -495,9 +494,7 @@ class BroadcastSubscription(_KafkaSubscription):
         self._drop(list(self._ready))
         self._held.clear()
         if self.consumer is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(self.backend.options.operation_timeout):
-                    await self.consumer.stop()
+            await stop_client(self.consumer, self.backend.options.operation_timeout)
         self.backend.forget_subscription(self)
 
 
@@ -801,15 +798,28 @@ class GroupSubscription(_KafkaSubscription):
                 await asyncio.sleep(1.0)
 
     # -- close ---------------------------------------------------------------------
+    async def abort(self) -> None:
+        """Stop a subscription that never became live: its commit loop (started
+        before the join) too, and leave the group as :meth:`close` does."""
+        self._closed = True
+        self._wake.set()
+        await self._stop_flusher()
+        if self.consumer is not None:
+            await self._leave(self.consumer)
+
+    async def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            # waited for without awaiting it: its CancelledError is not ours, and a
+            # cancellation of close() itself still propagates
+            await asyncio.wait({self._flusher})
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._wake.set()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await self._stop_flusher()
         if self._committing is not None:
             with contextlib.suppress(Exception):
                 await self._committing  # then the final flush below sees its result
@@ -827,9 +837,7 @@ class GroupSubscription(_KafkaSubscription):
         generation = getattr(coordinator, "generation", None)
         member = getattr(coordinator, "member_id", "")
         node = getattr(coordinator, "coordinator_id", None)
-        with contextlib.suppress(KafkaError, TimeoutError):
-            async with asyncio.timeout(self.backend.options.operation_timeout):
-                await consumer.stop()
+        await stop_client(consumer, self.backend.options.operation_timeout)
         if generation == 0 and member and node is not None:
             # aiokafka sends LeaveGroup only for generation > 0, but Tansu numbers
             # generations from 0: without this the member would linger for a whole
