@@ -234,9 +234,11 @@ def from_headers(
 
 def encoded_size(message: Message) -> int:
     """Payload plus every attribute and header: what the size limit is checked
-    against (text counted in characters, plus a fixed allowance for names)."""
+    against (text counted in UTF-8 bytes, as it goes on the wire, plus a fixed
+    allowance for names)."""
     m = message
-    size = len(m.data) + 64 + len(m.id) + len(m.source) + len(m.type) + len(m.content_type)
+    texts = [m.id, m.source, m.type, m.content_type]
+    size = len(m.data) + 64
     for optional in (
         m.key,
         m.correlation_id,
@@ -246,7 +248,11 @@ def encoded_size(message: Message) -> int:
         m.reply_to,
     ):
         if optional:
-            size += len(optional) + 16
+            texts.append(optional)
+            size += 16
     for name, value in m.headers.items():
-        size += len(name) + len(value) + 4
-    return size
+        texts += (name, value)
+        size += 4
+    text = "".join(texts)
+    # ASCII (the usual case): as many bytes as characters, without encoding it
+    return size + (len(text) if text.isascii() else len(text.encode()))

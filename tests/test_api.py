@@ -716,6 +716,11 @@ async def test_the_size_limit_counts_every_attribute_and_covers_replies() -> Non
             await b.publish("t", b"x", key="k" * 5000)
         with pytest.raises(bus.MessageTooLarge):
             await b.publish("t", b"x", correlation_id="c" * 5000)
+        # text counts in UTF-8 bytes, as it goes on the wire: 1,000 characters of
+        # two bytes each are over the limit, 1,000 of one byte are not
+        with pytest.raises(bus.MessageTooLarge):
+            await b.publish("t", b"x", headers={"note": "é" * 1000})
+        await b.publish("t", b"x", headers={"note": "e" * 1000})
 
         async def big(data: bytes) -> bytes:
             return b"r" * 5000
