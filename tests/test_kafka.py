@@ -628,3 +628,31 @@ async def test_close_on_a_frozen_broker_is_bounded_and_leaves_nothing_running(
     async with bus.connect(broker.url) as b2, b2.subscribe(topic, group="g") as sub2:
         (again,) = await collect_acked(sub2, 1, 30)
     assert again.message.id == sent
+
+
+async def test_a_delayed_record_due_but_not_handed_out_does_not_bring_acked_ones_back(
+    kafka_broker: Broker,
+) -> None:
+    """A delayed record falls due while its consumer is at its prefetch limit, so it
+    waits, never handed out; the records after it are acked, then the member closes.
+    The next member gets the delayed record and the one never read, not the acked
+    ones (the commit stopped at the delayed record, as at a record never pulled)."""
+    topic = _topic("duewait")
+    async with bus.connect(kafka_broker.url, partitions=1) as b:
+        await b.declare(topic, groups=["g"])
+        async with b.subscribe(topic, group="g", prefetch=2) as sub:
+            published = time.monotonic()  # after the join, which may take seconds
+            delayed = await b.publish(topic, b"D", delay=2.0)
+            a1, a2, a3 = [await b.publish(topic, x) for x in (b"A1", b"A2", b"A3")]
+            got = [await sub.receive(timeout=15) for _ in range(2)]
+            assert [d.message.id for d in got] == [a1, a2]
+            await asyncio.sleep(max(0.0, published + 2.5 - time.monotonic()))
+            with pytest.raises(TimeoutError):  # due, but the prefetch limit holds it
+                await sub.receive(timeout=0.3)
+            for d in got:
+                await d.ack()
+        async with b.subscribe(topic, group="g", prefetch=10) as sub:
+            again = await collect_acked(sub, 2, 15)
+            with contextlib.suppress(TimeoutError):  # nothing more: A1 and A2 were acked
+                again.append(await sub.receive(timeout=2.0))
+    assert sorted(d.message.id for d in again) == sorted([delayed, a3])

@@ -105,7 +105,8 @@ class Pending:
     deliveries: int = 0
     """Deliveries made by this consumer."""
     due: float = 0.0
-    """Unix time before which it is not delivered (0: no delay)."""
+    """Unix time before which it is not delivered (0: never held; kept once it falls
+    due)."""
     out: bool = False
     """Handed to the user and not settled."""
     live: bool = True
@@ -307,7 +308,9 @@ class _KafkaSubscription(BackendSubscription):
         while self._held and self._held[0][0] <= now:
             _, _, pending = heapq.heappop(self._held)
             if pending.live:
-                pending.due = 0.0
+                # ``due`` stays set: hand_back copies a record that was held (the
+                # next owner would otherwise re-read the log from it, records acked
+                # after it included)
                 self._ready.append(pending)
 
     def _take(self, room: int) -> list[Delivery]:
