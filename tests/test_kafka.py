@@ -194,6 +194,31 @@ async def test_foreign_record_is_delivered_not_wedged(kafka_broker: Broker) -> N
     assert list(got) == [ours]
 
 
+async def test_a_foreign_record_keeps_its_id_when_redelivered_from_a_copy(
+    kafka_broker: Broker,
+) -> None:
+    """A record without ce_id takes its id from its position; a delayed nack writes a
+    copy elsewhere in the log, which must still be the same message (same id, same
+    headers) to a reader deduplicating by id."""
+    topic = _topic("foreigncopy")
+    async with bus.connect(kafka_broker.url, **FAST) as b:
+        await b.declare(topic, groups=["g"])
+        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(kafka_broker))
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(topic, b"plain", headers=[("origin", b"legacy")])
+        finally:
+            await producer.stop()
+        async with b.subscribe(topic, group="g") as sub:
+            first = await sub.receive(timeout=15)
+            await first.nack(delay=0.2)
+            (again,) = await collect_acked(sub, 1, 15)
+    assert first.message.id == f"kafka:{topic}/{meta.partition}/{meta.offset}"
+    assert again.message.id == first.message.id
+    assert again.message.headers == {"origin": "legacy"}
+    assert again.attempt == 2
+
+
 async def test_publish_many_writes_record_batches_split_by_size_keeping_key_order(
     kafka_broker: Broker,
 ) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "ATTEMPT",
     "GROUP",
     "NOT_BEFORE",
+    "ORIGIN",
     "PREFIX",
     "RecordHeaders",
     "decode_headers",
@@ -40,7 +41,10 @@ PREFIX = "ce_"
 ATTEMPT = "bus-attempt"
 GROUP = "bus-group"
 NOT_BEFORE = "bus-not-before"
-_INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE)
+#: On a redelivery copy of a record without ``ce_id``: the id derived from the
+#: original's position, so that the copy keeps the id consumers deduplicate by.
+ORIGIN = "bus-origin-id"
+_INTERNAL = (ATTEMPT, GROUP, NOT_BEFORE, ORIGIN)
 _REPLY_TO = reply_to_name(PREFIX)
 _name = itemgetter(0)
 
@@ -78,9 +82,9 @@ def to_message(
 
     A record without ``ce_id`` (written by a non-CloudEvents producer), or with a
     malformed attribute, still becomes a message - id ``kafka:<topic>/<partition>/<offset>``
-    (or its ``ce_id``), the record key as key, the record time as time, every header
-    as a user header - so a foreign record is delivered rather than wedging the
-    partition.
+    (or its ``ce_id``; a redelivery copy keeps the original's), the record key as
+    key, the record time as time, every header as a user header - so a foreign record
+    is delivered rather than wedging the partition.
     """
     data = value or b""
     # a partial, not a closure: one object per record instead of a function and cells
@@ -105,7 +109,7 @@ def _decode(
         pass  # not (or malformed) CloudEvents: deliver it as a plain record
     user = {k: v for k, v in headers.items() if k not in _INTERNAL}
     return Message(
-        id=user.get(PREFIX + "id") or f"kafka:{topic}/{partition}/{offset}",
+        id=user.get(PREFIX + "id") or headers.get(ORIGIN) or f"kafka:{topic}/{partition}/{offset}",
         topic=topic,
         data=data,
         time=dt.datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, dt.UTC),

@@ -53,7 +53,7 @@ from bus.errors import BusError
 from bus.message import Message
 
 from .backend import group_id
-from .records import ATTEMPT, GROUP, NOT_BEFORE, to_message
+from .records import ATTEMPT, GROUP, NOT_BEFORE, ORIGIN, PREFIX, to_message
 from .teardown import stop_client
 from .writes import Outgoing
 
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from .backend import KafkaBackend
 
 __all__ = ["BroadcastSubscription", "GroupSubscription"]
+
+_ID = PREFIX + "id"
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,11 @@ class Pending:
         """A redelivery copy of this record for ``group`` (same partition)."""
         headers = [(k, v) for k, v in self.headers if k not in (ATTEMPT, GROUP)]
         headers.append((ATTEMPT, str(self.attempt).encode()))
+        if not any(k in (_ID, ORIGIN) for k, _ in headers):
+            # a foreign record's id comes from its position, which the copy does not
+            # share: carry it, so the copy is the same message to a deduplicating reader
+            origin = f"kafka:{self.tp.topic}/{self.tp.partition}/{self.offset}"
+            headers.append((ORIGIN, origin.encode()))
         if group is not None:
             headers.append((GROUP, group.encode()))
         if not_before_ms is not None:
