@@ -53,11 +53,15 @@ async def _force(client: Any) -> None:
     for name in _COORDINATOR_TASKS:
         _take(getattr(coordinator, name, None), tasks)
     _take(getattr(getattr(client, "_sender", None), "_sender_task", None), tasks)
+    fetcher = getattr(client, "_fetcher", None)
+    # Fetcher.close() awaits each pending request task after cancelling it and lets
+    # the first CancelledError out, leaving the others: cancel them all here
+    for task in getattr(fetcher, "_pending_tasks", ()):
+        _take(task, tasks)
     for task in tasks:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=_FORCE_S)
-    fetcher = getattr(client, "_fetcher", None)
     if fetcher is not None and not getattr(fetcher, "_closed", False):
         await _bounded(fetcher.close())
     inner = getattr(client, "_client", None) or getattr(client, "client", None)
