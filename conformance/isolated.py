@@ -14,9 +14,18 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+from conformance.brokers import ProvisioningError
 from conformance.context import IsolatedBroker, IsolatedBrokerFactory
 
-__all__ = ["KIND_BY_SCHEME", "factory_for"]
+__all__ = ["KIND_BY_SCHEME", "IsolatedBrokerUnavailable", "factory_for"]
+
+
+class IsolatedBrokerUnavailable(ProvisioningError):
+    """No private broker could be started for the restart scenario (no local binary, no
+    Docker engine, ...). The runner reports the scenario as ``skip`` with this text,
+    or as ``fail`` when provisioning is required (``CI=true``). A broker that started
+    but failed to come back after its restart is a plain :class:`ProvisioningError`."""
+
 
 KIND_BY_SCHEME = {
     "redis": "redis",
@@ -46,7 +55,10 @@ def _private(kind: str) -> IsolatedBrokerFactory:
     async def factory() -> AsyncIterator[IsolatedBroker]:
         from conformance.brokers import start_private
 
-        broker = await asyncio.to_thread(start_private, kind)  # type: ignore[arg-type]
+        try:
+            broker = await asyncio.to_thread(start_private, kind)  # type: ignore[arg-type]
+        except ProvisioningError as exc:
+            raise IsolatedBrokerUnavailable(str(exc)) from exc
         try:
 
             async def do_restart() -> None:

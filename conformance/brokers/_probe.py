@@ -84,20 +84,38 @@ def _oserror_text(exc: OSError) -> str:
     return exc.strerror or str(exc) or exc.__class__.__name__
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+class _Deadline:
+    """One time budget for a whole probe: every read gets only what is left of it, so
+    a peer trickling bytes cannot stretch a probe beyond its ``timeout``."""
+
+    def __init__(self, timeout: float) -> None:
+        self._end = time.monotonic() + timeout
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def recv(self, sock: socket.socket, size: int) -> bytes:
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(remaining)
+        return sock.recv(size)
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: _Deadline) -> bytes:
     buf = bytearray()
     while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
+        chunk = deadline.recv(sock, size - len(buf))
         if not chunk:
             raise ConnectionError("connection closed by peer")
         buf += chunk
     return bytes(buf)
 
 
-def _recv_line(sock: socket.socket, limit: int = 65536) -> bytes:
+def _recv_line(sock: socket.socket, deadline: _Deadline, limit: int = 65536) -> bytes:
     buf = bytearray()
     while not buf.endswith(b"\r\n"):
-        chunk = sock.recv(4096)
+        chunk = deadline.recv(sock, 4096)
         if not chunk:
             raise ConnectionError("connection closed by peer")
         buf += chunk
@@ -106,9 +124,9 @@ def _recv_line(sock: socket.socket, limit: int = 65536) -> bytes:
     return bytes(buf)
 
 
-def _probe_redis(sock: socket.socket) -> str | None:
+def _probe_redis(sock: socket.socket, deadline: _Deadline) -> str | None:
     sock.sendall(b"PING\r\n")
-    line = _recv_line(sock)
+    line = _recv_line(sock, deadline)
     if line.startswith((b"+PONG", b"-NOAUTH")):
         return None
     return f"unexpected reply to PING: {line[:40]!r}"
@@ -119,22 +137,25 @@ def _amqp_shortstr(text: str) -> bytes:
     return struct.pack(">B", len(data)) + data
 
 
-def _amqp_read_method(sock: socket.socket) -> tuple[int, int, bytes]:
-    header = _recv_exact(sock, 7)
+def _amqp_read_method(sock: socket.socket, deadline: _Deadline) -> tuple[int, int, bytes]:
+    header = _recv_exact(sock, 7, deadline)
     if header[:4] == b"AMQP":  # server rejected our protocol version
-        raise ConnectionError(f"server wants protocol header {header + _recv_exact(sock, 1)!r}")
+        last = _recv_exact(sock, 1, deadline)
+        raise ConnectionError(f"server wants protocol header {header + last!r}")
     frame_type, _channel, size = struct.unpack(">BHI", header)
-    payload = _recv_exact(sock, size + 1)[:-1]
+    payload = _recv_exact(sock, size + 1, deadline)[:-1]
     if frame_type != 1 or len(payload) < 4:
         raise ConnectionError(f"unexpected AMQP frame type {frame_type}")
     class_id, method_id = struct.unpack(">HH", payload[:4])
     return class_id, method_id, payload[4:]
 
 
-def _probe_amqp(sock: socket.socket, username: str, password: str) -> str | None:
+def _probe_amqp(
+    sock: socket.socket, deadline: _Deadline, username: str, password: str
+) -> str | None:
     sock.sendall(b"AMQP\x00\x00\x09\x01")
     try:
-        cls, meth, _ = _amqp_read_method(sock)
+        cls, meth, _ = _amqp_read_method(sock, deadline)
     except ConnectionError as exc:
         return f"not an AMQP 0-9-1 server ({exc})"
     if (cls, meth) != (10, 10):
@@ -156,7 +177,7 @@ def _probe_amqp(sock: socket.socket, username: str, password: str) -> str | None
     payload = struct.pack(">HH", 10, 11) + args
     sock.sendall(struct.pack(">BHI", 1, 0, len(payload)) + payload + b"\xce")
     try:
-        cls, meth, rest = _amqp_read_method(sock)
+        cls, meth, rest = _amqp_read_method(sock, deadline)
     except ConnectionError:
         return "AMQP login refused (connection closed after Connection.StartOk)"
     if (cls, meth) == (10, 30):  # Connection.Tune: login accepted
@@ -169,18 +190,24 @@ def _probe_amqp(sock: socket.socket, username: str, password: str) -> str | None
     return f"unexpected AMQP method {cls}.{meth} after login"
 
 
-def nats_info(sock: socket.socket) -> dict[str, Any]:
-    """Read and parse the ``INFO`` greeting a NATS server sends on connect."""
-    line = _recv_line(sock)
+def nats_info(sock: socket.socket, timeout: float | None = None) -> dict[str, Any]:
+    """Read and parse the ``INFO`` greeting a NATS server sends on connect, within
+    ``timeout`` seconds in all (default: the socket's timeout, else 2 s)."""
+    budget = timeout if timeout is not None else sock.gettimeout() or 2.0
+    return _nats_info(sock, _Deadline(budget))
+
+
+def _nats_info(sock: socket.socket, deadline: _Deadline) -> dict[str, Any]:
+    line = _recv_line(sock, deadline)
     if not line.startswith(b"INFO "):
         raise ConnectionError(f"not a NATS server (greeting {line[:20]!r})")
     info: dict[str, Any] = json.loads(line[5:].strip())
     return info
 
 
-def _probe_nats(sock: socket.socket, need_jetstream: bool) -> str | None:
+def _probe_nats(sock: socket.socket, deadline: _Deadline, need_jetstream: bool) -> str | None:
     try:
-        info = nats_info(sock)
+        info = _nats_info(sock, deadline)
     except (ConnectionError, ValueError) as exc:
         return str(exc)
     if need_jetstream and not info.get("jetstream"):
@@ -188,15 +215,15 @@ def _probe_nats(sock: socket.socket, need_jetstream: bool) -> str | None:
     return None
 
 
-def _probe_kafka(sock: socket.socket) -> str | None:
+def _probe_kafka(sock: socket.socket, deadline: _Deadline) -> str | None:
     client_id = b"bus-probe"
     correlation = 0x62757321
     body = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
     sock.sendall(struct.pack(">i", len(body)) + body)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4, deadline))
     if not 6 <= size <= 1 << 20:
         return f"not a Kafka broker (response size {size})"
-    data = _recv_exact(sock, size)
+    data = _recv_exact(sock, size, deadline)
     got, error_code = struct.unpack(">ih", data[:6])
     if got != correlation:
         return "not a Kafka broker (ApiVersions correlation id mismatch)"
@@ -218,23 +245,26 @@ def probe(
     """Check that ``host:port`` speaks ``kind``'s protocol.
 
     Returns None on success, else a short human reason (never containing the password).
-    Bounded by ``timeout`` for the connect and by ``timeout`` per read.
+    The whole probe -- connect, writes and every read -- finishes within ``timeout``
+    (plus scheduling slack), however slowly the peer answers.
     """
+    deadline = _Deadline(timeout)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         return f"cannot connect to {host}:{port}: {_oserror_text(exc)}"
     with contextlib.closing(sock):
-        sock.settimeout(timeout)
         try:
+            # Writes are small (they fit the socket buffer), so only reads can stall.
+            sock.settimeout(max(deadline.remaining(), 0.001))
             if kind == "redis":
-                result = _probe_redis(sock)
+                result = _probe_redis(sock, deadline)
             elif kind == "rabbitmq":
-                result = _probe_amqp(sock, username, password)
+                result = _probe_amqp(sock, deadline, username, password)
             elif kind == "nats":
-                result = _probe_nats(sock, need_jetstream)
+                result = _probe_nats(sock, deadline, need_jetstream)
             else:
-                result = _probe_kafka(sock)
+                result = _probe_kafka(sock, deadline)
         except (OSError, ConnectionError, struct.error) as exc:
             text = _oserror_text(exc) if isinstance(exc, OSError) else str(exc)
             result = f"no valid {kind} handshake ({text})"

