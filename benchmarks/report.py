@@ -252,17 +252,19 @@ def decision_rows(
     for c in CRITERIA:
         candidates: list[tuple[str, Summary, str]] = []
         excluded = []
+        failed: list[str] = []
         for backend in brokers:
             ok = _capability_ok(conformance, backend, c.requires) if c.requires else True
             if ok is False:
                 excluded.append(_label(backend))
                 continue
             marker = ""
+            # the library's figure only: a raw client's is not what a user would run,
+            # and ranking it beside library figures would hide a failed library run
             p = _point(results, backend, "bus", c.workload, **c.params)
-            if p is None and c.workload != "rpc":
-                p = _point(results, backend, "raw", c.workload, **c.params)
-                marker = " (raw client)"
             if p is None or p.metric(c.metric) is None:
+                if any(t.backend == backend and t.side == "bus" for t in results.targets):
+                    failed.append(_label(backend))
                 continue
             if p.fell_behind():
                 marker += " (fell behind the rate)"
@@ -271,8 +273,11 @@ def decision_rows(
             candidates.append((backend, summary, marker))
         reverse = c.better == "higher"
         candidates.sort(key=lambda x: x[1].median, reverse=reverse)
+        note = f"; excluded (capability): {', '.join(excluded)}" if excluded else ""
+        if failed:
+            note += f"; no library figure: {', '.join(failed)}"
         if not candidates:
-            rows.append([c.profile, c.question, "no data", "-", "-", "-"])
+            rows.append([c.profile, c.question + note, "no data", "-", "-", "-"])
             continue
         win_b, win_s, win_m = candidates[0]
         runner = "-"
@@ -287,7 +292,6 @@ def decision_rows(
                 factor = run_s.median / win_s.median if win_s.median else float("inf")
                 overlap = win_s.max >= run_s.min
             margin = f"{factor:.2f}x" + (" (spreads overlap: a tie)" if overlap else "")
-        note = f"; excluded (capability): {', '.join(excluded)}" if excluded else ""
         rows.append(
             [
                 c.profile,
@@ -552,9 +556,25 @@ def _chart_ratios(results: Results, out: Path) -> str | None:
 # -- markdown sections ------------------------------------------------------------------
 
 
-def _ratio_cell(r: Ratio | None) -> str:
+def _behind(results: Results, r: Ratio) -> list[str]:
+    """The sides ("bus", "raw") of ratio ``r`` whose latency run fell behind its rate:
+    their latencies are a growing queue's, so the ratio judges nothing."""
+    return [
+        side
+        for side in ("bus", "raw")
+        if (q := _point(results, r.backend, side, r.workload, **r.params)) and q.fell_behind()
+    ]
+
+
+def _ratio_cell(r: Ratio | None, behind: Sequence[str] = ()) -> str:
     if r is None:
         return "-"
+    if behind:
+        goal = f"target {'≥' if r.better == 'higher' else '≤'} {r.target:g}; " if r.target else ""
+        return (
+            f"{r.ratio:.2f} [{r.low:.2f}-{r.high:.2f}] not judged "
+            f"({goal}{' and '.join(behind)} fell behind the rate)"
+        )
     mark = ""
     if r.verdict == "meets" or (r.verdict is None and r.meets is True):
         mark = " ✅"
@@ -593,15 +613,8 @@ def _ratio_section(results: Results) -> str:
                 and r.metric == metric
                 and all(r.params.get(k) == v for k, v in params.items())
             ]
-            cell = _ratio_cell(found[0] if found else None)
-            behind = [
-                side
-                for side in ("bus", "raw")
-                if (q := _point(results, backend, side, workload, **params)) and q.fell_behind()
-            ]
-            if found and behind:
-                cell += f" ({' and '.join(behind)} fell behind the rate)"
-            row.append(cell)
+            ratio = found[0] if found else None
+            row.append(_ratio_cell(ratio, _behind(results, ratio) if ratio else ()))
         rows.append(row)
     missing = []
     for backend in backends:
@@ -622,7 +635,8 @@ def _ratio_section(results: Results) -> str:
         "",
         _table(header, rows) if rows else "_No broker was measured on both sides._",
     ]
-    judged = [r for r in results.ratios if r.meets is not None]
+    # a latency ratio whose run fell behind its rate on either side is no verdict
+    judged = [r for r in results.ratios if r.meets is not None and not _behind(results, r)]
     if judged:
 
         def names(rs: Iterable[Ratio]) -> str:

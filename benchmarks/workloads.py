@@ -37,6 +37,11 @@ __all__ = ["WORKLOAD_FUNCS", "Context", "Point"]
 
 _FILL_CHUNK = 500
 _GROUP_SEQ = itertools.count(1)
+#: Tags the payloads of each latency run (bytes 8-16), see ``_latency_run``.
+_RUN_TAGS = itertools.count(1)
+#: How long a latency run waits for its last message beyond 3x its duration; a message
+#: not received by then is counted as that late (censored) and as lost.
+LATENCY_GRACE_S = 15.0
 _JOIN_TIMEOUT = 60.0
 
 
@@ -265,19 +270,20 @@ async def drain(
     timeout: float,
     *,
     start: Callable[[], Coroutine[Any, Any, None]] | None = None,
-    on_payload: Callable[[bytes], None] | None = None,
+    on_payload: Callable[[bytes], bool | None] | None = None,
 ) -> float:
     """Run ``consumers`` until ``expected`` payloads were handled and acked; return
     the seconds from start to the last ack. ``start`` (e.g. the publisher of a live
-    workload) runs inside the timed section."""
+    workload) runs inside the timed section. A payload for which ``on_payload``
+    returns False (a late message of an earlier run) is acked but not counted."""
     stop = asyncio.Event()
     got = 0
 
     def on_message(body: bytes) -> None:
         nonlocal got
+        if on_payload is not None and on_payload(body) is False:
+            return
         got += 1
-        if on_payload is not None:
-            on_payload(body)
         if got >= expected:
             stop.set()
 
@@ -615,12 +621,14 @@ async def paced_send(
     t0_ns: int,
     size: int,
     max_in_flight: int,
+    tag: bytes = bytes(8),
 ) -> float:
     """Send ``count`` messages at ``rate``/s from ``t0_ns``; each payload starts with
-    its intended send time. Everything due at a tick goes in one publish call, with up
-    to ``max_in_flight`` calls outstanding. Returns the achieved send rate."""
+    its intended send time (8 bytes) and ``tag`` (8 bytes: which run it belongs to).
+    Everything due at a tick goes in one publish call, with up to ``max_in_flight``
+    calls outstanding. Returns the achieved send rate."""
     interval = 1e9 / rate
-    filler = bytes(max(0, size - 8))
+    filler = tag + bytes(max(0, size - 16))
     slots = asyncio.Semaphore(max_in_flight)
     pending: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
@@ -675,9 +683,15 @@ async def _latency_run(
     samples: list[int] = []
     now = time.monotonic_ns
     append = samples.append
+    # Runs share one topic and consumer: a message of an earlier run that arrives
+    # late must neither count towards this run nor lend it its latency.
+    tag = next(_RUN_TAGS).to_bytes(8, "big")
 
-    def on_payload(body: bytes) -> None:
+    def on_payload(body: bytes) -> bool:
+        if body[8:16] != tag:
+            return False
         append(now() - int.from_bytes(body[:8], "big"))
+        return True
 
     t0 = now() + 5_000_000
     sent_rate = 0.0
@@ -692,15 +706,20 @@ async def _latency_run(
             t0_ns=t0,
             size=cfg.message_size,
             max_in_flight=cfg.latency.max_in_flight,
+            tag=tag,
         )
 
     cost = cost or CostMeter(None)
-    timeout = duration_s * 3 + 15
+    timeout = duration_s * 3 + LATENCY_GRACE_S
     lost = 0
     try:
         await drain([consumer], count, cost, timeout, start=send, on_payload=on_payload)
     except TimeoutError:
         lost = count - len(samples)
+        # A message not received is at least this late: counted at the timeout
+        # (censored), so a run that loses messages cannot report a low latency, and
+        # one that receives nothing does not report 0 ms.
+        samples += [int(timeout * 1e9)] * lost
     hist = LatencyHistogram()
     hist.record_ns(samples)
     if merged is not None:
