@@ -1258,9 +1258,13 @@ def write_report(
     """Write ``report.md`` and its PNG charts into ``out_dir``; return the report path.
     ``previous``: an earlier ``results.json`` to check reproducibility against."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for t in results.targets:  # say which Kafka-protocol broker it was
-        if t.backend == "kafka" and "tansu" in str(t.broker.get("implementation", "")).lower():
-            _LABEL["kafka"] = "Kafka (Tansu)"
+    # say which Kafka-protocol broker it was (set for every report: a process writing
+    # reports of several runs must not carry one run's label into the next)
+    tansu = any(
+        t.backend == "kafka" and "tansu" in str(t.broker.get("implementation", "")).lower()
+        for t in results.targets
+    )
+    _LABEL["kafka"] = "Kafka (Tansu)" if tansu else "Kafka"
     conformance = load_conformance(conformance_dir or Path("bus-results"), _backends(results))
     for backend, data in conformance.items():
         if data is None:

@@ -4,6 +4,8 @@ and decisions drawn only from the library's own figures. No timing assertions.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.report import decision_rows, render_markdown
@@ -156,3 +158,53 @@ def test_a_figure_reproduces_only_inside_the_previous_runs_spread() -> None:
 
     assert compare(run([90, 100, 110]), run([100, 200, 300])).reproduced == 0
     assert compare(run([90, 100, 110]), run([95, 105, 130])).reproduced == 1
+
+
+async def test_a_backlog_drain_opens_its_consumers_on_the_clock() -> None:
+    """Consumers of a cheap-join backend are opened by the drain itself, after its
+    clock started: a consumer that starts receiving when it opens (the library's
+    RabbitMQ subscription) no longer buffers part of the backlog before the clock,
+    while the raw client's starts in run()."""
+    from benchmarks.brokercost import CostMeter
+    from benchmarks.drivers.library import LibraryDriver
+    from benchmarks.workloads import drain
+
+    driver = LibraryDriver("memory", "memory://drain-open")
+    await driver.open()
+    try:
+        await driver.declare("backlog", ["g"])
+        for i in range(50):
+            await driver.publish("backlog", i.to_bytes(16, "big"))
+        consumer = driver.consumer("backlog", "g", 10)  # not opened: drain opens it
+        seen: list[int] = []
+
+        def record(body: bytes) -> bool:
+            seen.append(int.from_bytes(body, "big"))
+            return True
+
+        elapsed = await drain(
+            [consumer], 50, CostMeter(None), 10.0, on_payload=record, open_first=True
+        )
+        await consumer.close()
+    finally:
+        await driver.close()
+    assert sorted(seen) == list(range(50))
+    assert elapsed > 0
+
+
+def test_the_tansu_label_belongs_to_the_run_that_used_tansu(tmp_path: Path) -> None:
+    """Reports of two runs written by one process: the second, on another Kafka, is not
+    labelled Tansu (nor given Tansu's caveat) because the first was."""
+    from benchmarks.report import write_report
+
+    def run(implementation: str) -> Results:
+        results = _results([], ["kafka"])
+        for t in results.targets:
+            t.broker = {"implementation": implementation}
+        return results
+
+    out = tmp_path
+    tansu = write_report(run("Tansu 0.6"), out / "a", conformance_dir=out / "none").read_text()
+    kafka = write_report(run("Apache Kafka 3.7"), out / "b", conformance_dir=out / "none")
+    assert "Kafka (Tansu)" in tansu
+    assert "Tansu" not in kafka.read_text()
