@@ -829,7 +829,8 @@ def _cost_section(results: Results) -> str:
             return "-"
         n = _messages(p)
         per_k = f" = {1000 * 1000 * p.broker_cpu_s.median / n:.2f} ms/1k msg" if n else ""
-        return f"{_fmt(p.broker_cpu_s.median)} s{per_k}"
+        c = p.broker_cpu_s
+        return f"{_fmt(c.median)} s ({_fmt(c.min)}-{_fmt(c.max)}){per_k}"
 
     def rss(p: PointResult | None) -> str:
         if p is None or p.broker_peak_rss_mb is None:
@@ -852,7 +853,8 @@ def _cost_section(results: Results) -> str:
     if not rows:
         return "_No broker ran on this machine where its process could be inspected._"
     return (
-        "Broker process CPU (user+system, children included) over each timed run (median), "
+        "Broker process CPU (user+system, children included) over each timed run (median, "
+        "min-max), "
         "also per 1,000 messages handled, and the broker's peak resident memory over the "
         "runs (sampled every 100 ms). A shared broker also serves other clients meanwhile, "
         "and its memory carries what earlier workloads left; CPU ticks are 10 ms, so small "
