@@ -42,7 +42,10 @@ class Delivery:
     Settling is one-shot: repeating the *same* call (``ack`` twice, ``nack`` twice)
     is a no-op; a conflicting call (``nack`` after ``ack``) raises
     :class:`bus.DeliveryStateError`. The state changes before any I/O, so two tasks
-    racing to settle one delivery cannot both win.
+    racing to settle one delivery cannot both win. A settling call that raises
+    leaves the delivery unsettled again (the broker may not have it: a nack's delayed
+    copy or a dead letter not written), so it can be settled once more, by the same
+    call or another; the message may then come twice (at-least-once), never not at all.
 
     ``attempt`` is 1 on the first delivery and grows with every redelivery (nack,
     lease expiry, consumer death) as far as the backend can count it.
@@ -101,7 +104,11 @@ class Delivery:
         """Done: the message will not be delivered to this group again."""
         if self._state is None:  # the common case, without a call to _transition
             self._state = _ACK
-            await self._sub.ack(self)
+            try:
+                await self._sub.ack(self)
+            except BaseException:
+                self._state = None
+                raise
         else:
             self._transition(_ACK)  # a repeated ack is a no-op, a conflicting one raises
 
@@ -115,14 +122,16 @@ class Delivery:
             if delay > 0:
                 self._sub.backend.capabilities.require(Feature.NACK_DELAY)
         if self._transition(_NACK):
-            await self._sub.nack(self, delay or None)
+            try:
+                await self._sub.nack(self, delay or None)
+            except BaseException:
+                self._state = None  # e.g. the delayed copy was not written
+                raise
 
     async def dead_letter(self, reason: str, *, error_type: str | None = None) -> None:
         """Move to ``<topic>.dlq`` with the reason, attempts, group and original topic
         in ``bus-dlq-*`` headers (see :data:`DLQ_HEADERS`). When it raises, the delivery
-        is unsettled again (the dead letter may be missing), so it can be nacked or
-        dead-lettered again; a dead letter that was written after all may then exist
-        twice (at-least-once)."""
+        is unsettled again (see the class docstring)."""
         self._sub.backend.capabilities.require(Feature.DEAD_LETTER)
         if self._transition(_DEAD):
             if len(reason) > MAX_REASON_CHARS:

@@ -37,7 +37,7 @@ _STOP_POLL = 0.25
 # Longest pause between fetch attempts while the broker is unavailable.
 _MAX_PAUSE = 5.0
 # Lease renewal period when the backend has leases but no ack_timeout was set
-# (every backend's default lease is at least 30 s).
+# (the built-in defaults: Redis and NATS 30 s; memory:// has no lease without one).
 _DEFAULT_HEARTBEAT = 10.0
 
 
@@ -331,7 +331,13 @@ class Worker:
             try:
                 await delivery.nack(delay=self.retry.backoff.delay(delivery.attempt))
             except BusError:
-                log.warning("nack of %s failed; it will be redelivered", delivery, exc_info=True)
+                # the delayed copy was not written and the delivery is unsettled again:
+                # hand it back at once rather than hold it (no lease on some brokers)
+                log.warning("delayed nack of %s failed; nacking at once", delivery, exc_info=True)
+                try:
+                    await delivery.nack()
+                except BusError:
+                    log.warning("nack of %s failed; it will be redelivered", delivery)
             return
         await self._give_up(delivery, f"{type(exc).__name__}: {exc}", exc)
 
