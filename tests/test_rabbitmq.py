@@ -513,6 +513,27 @@ async def test_dead_letter_without_a_dlq_queue_is_an_error_and_loses_nothing(
     await _drop(rabbitmq_broker.url, group_queue(topic, "g"))
 
 
+async def test_a_settle_that_raises_leaves_the_delivery_unsettled(rabbitmq_broker: Broker) -> None:
+    """nack(delay) with a delay RabbitMQ cannot hold raises before anything is settled:
+    the delivery is unsettled again, so a plain nack hands it back (it stayed marked
+    nacked, a second nack was a no-op, and the message was held until the channel
+    closed)."""
+    topic = _topic("settleagain")
+    async with bus.connect(rabbitmq_broker.url) as b:
+        await b.declare(topic, groups=["g"])
+        mid = await b.publish(topic, b"job")
+        async with b.subscribe(topic, group="g", prefetch=1) as sub:
+            d = await sub.receive(timeout=10)
+            with pytest.raises(bus.InvalidArgument, match="longest TTL"):
+                await d.nack(delay=10**8)
+            assert d.settled is None
+            await d.nack()
+            (again,) = await collect_acked(sub, 1, 10)
+    assert again.message.id == mid
+    assert again.attempt == 2
+    await _drop(rabbitmq_broker.url, group_queue(topic, "g"))
+
+
 async def test_worker_whose_dead_letter_fails_hands_the_message_back_after_backoff(
     rabbitmq_broker: Broker,
 ) -> None:
@@ -790,3 +811,344 @@ async def test_sigkilled_consumer_holding_10_is_redelivered_within_5s(
         assert all(d.attempt == 2 for d in got), [d.attempt for d in got]
         assert elapsed <= 5.0
     await _drop(rabbitmq_broker.url, group_queue(topic, "workers"))
+
+
+# -- frames, cancellation, silent peers, leaks (review of 2026-12-01) ---------------
+
+
+class _Proxy:
+    """A TCP proxy to the broker that a test can cut (connections dropped, port
+    refusing) or freeze (a silent peer: nothing forwarded, nothing closed)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._frozen = False
+        self._released = asyncio.Event()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            writer.close()
+            return
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    data = await src.read(65536)
+                    if self._frozen:  # the peer went silent: read and send nothing more
+                        await self._released.wait()
+                        return
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions, keeping every connection open."""
+        self._frozen = True
+
+    async def cut(self) -> None:
+        """Drop every connection and refuse new ones."""
+        if self._server is not None:
+            self._server.close()
+        for w in self._writers:
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+        self._released.set()
+
+
+async def test_headers_larger_than_a_frame_are_message_too_large_and_nothing_is_cut(
+    rabbitmq_broker: Broker,
+) -> None:
+    """Properties and headers that do not fit in one frame (frame_max): MessageTooLarge
+    before anything is sent, for a publish, a batch, a request and a dead-letter copy.
+    The broker would close the whole connection over such a frame (frame_too_large),
+    with every subscription's channel: the held delivery must stay held (acked once,
+    never redelivered)."""
+    url = rabbitmq_broker.url
+    topic = _topic("bighdr")
+    big = {"note": "a" * 200_000}
+    try:
+        async with bus.connect(url, operation_timeout=3.0) as b:
+            await b.declare(topic, groups=["g"])
+            await b.declare(f"{topic}.dlq", groups=["audit"])
+            held_id = await b.publish(topic, b"held")
+            # fits one frame alone, not with a 2,000-character dead-letter reason
+            near_id = await b.publish(topic, b"near", headers={"note": "n" * 130_000})
+            async with b.subscribe(topic, group="g", prefetch=1) as sub:
+                held = await sub.receive(timeout=10)
+                assert (held.message.id, held.attempt) == (held_id, 1)
+                started = time.monotonic()
+                with pytest.raises(bus.MessageTooLarge):
+                    await b.publish(topic, b"x", headers=big)
+                with pytest.raises(bus.MessageTooLarge):
+                    await b.publish_many(topic, [b"ok", b"ok"], headers=big)
+                with pytest.raises(bus.MessageTooLarge):
+                    await b.request(topic, b"q", headers=big, timeout=5)
+                assert time.monotonic() - started < 2.0, "refused before sending, not retried"
+                await held.ack()
+                near = await sub.receive(timeout=10)
+                assert (near.message.id, near.attempt) == (near_id, 1), "the channel was lost"
+                with pytest.raises(bus.MessageTooLarge):
+                    await near.dead_letter("r" * 5000)
+                await near.ack()
+                with pytest.raises(TimeoutError):  # nothing came back, nothing else was sent
+                    await sub.receive(timeout=1.0)
+            async with b.subscribe(f"{topic}.dlq", group="audit") as dlq:
+                with pytest.raises(TimeoutError):
+                    await dlq.receive(timeout=0.5)
+        async with _raw(url) as ch:
+            q = await ch.declare_queue(group_queue(topic, "g"), passive=True)
+            assert q.declaration_result.message_count == 0
+    finally:
+        await _drop(url, group_queue(topic, "g"), group_queue(f"{topic}.dlq", "audit"))
+
+
+async def test_cancelling_subscribe_raises_cancelled_error(rabbitmq_broker: Broker) -> None:
+    """A subscribe() cancelled while it declares, binds or consumes raises the
+    caller's CancelledError (or TimeoutError under asyncio.timeout), never a
+    PublishError."""
+    topic = _topic("cancelsub")
+    outcomes: dict[str, int] = {}
+    try:
+        async with bus.connect(rabbitmq_broker.url) as b:
+            await b.declare(topic, groups=["g"])
+            for i in range(40):
+
+                async def hold() -> None:
+                    async with b.subscribe(topic, group="g"):
+                        await asyncio.sleep(10)
+
+                task = asyncio.create_task(hold())
+                await asyncio.sleep(0.0005 * (i % 20))
+                task.cancel()
+                try:
+                    await task
+                    outcome = "returned"
+                except BaseException as exc:  # counting every outcome
+                    outcome = type(exc).__name__
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                try:
+                    async with asyncio.timeout(0.0005 * (i % 20) + 0.0001):
+                        async with b.subscribe(topic, group="g"):
+                            await asyncio.sleep(10)
+                    outcome = "returned"
+                except BaseException as exc:
+                    outcome = type(exc).__name__
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        assert set(outcomes) <= {"CancelledError", "TimeoutError"}, outcomes
+    finally:
+        await _drop(rabbitmq_broker.url, group_queue(topic, "g"))
+
+
+async def test_close_during_an_outage_is_bounded_and_cancellable(
+    rabbitmq_broker: Broker,
+) -> None:
+    """The broker unreachable (proxy cut) and a long reconnect_interval: closing two
+    subscriptions and the bus does not wait reconnect_interval per subscription, and a
+    cancelled close() raises CancelledError instead of finishing silently."""
+    topic = _topic("closeoutage")
+    url = rabbitmq_broker.url
+    try:
+        for cancel in (False, True):
+            proxy = _Proxy(rabbitmq_broker.host, rabbitmq_broker.port)
+            port = await proxy.start()
+            b = await bus.connect(
+                f"amqp://guest:guest@127.0.0.1:{port}/", reconnect_interval=20, operation_timeout=5
+            )
+            try:
+                await b.declare(topic, groups=["g"])
+                subs = [await b.subscribe(topic, group="g").open() for _ in range(2)]
+                await proxy.cut()
+                await asyncio.sleep(1.0)  # the watchers are reconnecting
+                started = time.monotonic()
+                if cancel:
+                    closer = asyncio.create_task(subs[0].close())
+                    await asyncio.sleep(0)  # close() is under way
+                    closer.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await asyncio.wait_for(closer, 15)
+                await asyncio.wait_for(b.close(), 15)
+                assert time.monotonic() - started < 8.0
+            finally:
+                await proxy.cut()
+                await asyncio.wait_for(b.close(), 30)
+    finally:
+        await _drop(url, group_queue(topic, "g"))
+
+
+async def test_a_silent_peer_does_not_block_receive_or_close(rabbitmq_broker: Broker) -> None:
+    """The broker stops answering (a proxy that forwards nothing more) while a large
+    publish fills the socket: receive(timeout) returns after about its timeout and
+    close() within its bounds, instead of until the heartbeat gives up (93 s). The
+    ack that could not be sent loses nothing: the held message is delivered again."""
+    url = rabbitmq_broker.url
+    topic = _topic("silent")
+    proxy = _Proxy(rabbitmq_broker.host, rabbitmq_broker.port)
+    port = await proxy.start()
+    try:
+        b = await bus.connect(f"amqp://guest:guest@127.0.0.1:{port}/", operation_timeout=5)
+        big: asyncio.Task[str] | None = None
+        try:
+            await b.declare(topic, groups=["g"])
+            held_id = await b.publish(topic, b"held")
+            sub = await b.subscribe(topic, group="g").open()
+            held = await sub.receive(timeout=10)
+            proxy.freeze()
+            big = asyncio.create_task(b.publish(topic, b"z" * (48 * 1024 * 1024)))
+            await asyncio.sleep(1.0)  # the socket is full
+            await held.ack()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.receive(timeout=1.0), 15)
+            assert time.monotonic() - started < 5.0
+            started = time.monotonic()
+            await asyncio.wait_for(sub.close(), 20)
+            assert time.monotonic() - started < 15.0
+        finally:
+            await proxy.cut()
+            if big is not None:
+                with contextlib.suppress(bus.BusError, TimeoutError):  # not confirmed: cut
+                    await asyncio.wait_for(big, 30)
+            await asyncio.wait_for(b.close(), 30)
+        async with bus.connect(url) as b, b.subscribe(topic, group="g") as sub:
+            got = await collect_acked(sub, 2, 10)
+            assert [d.message.id for d in got] == [held_id], "held message lost or duplicated"
+    finally:
+        await proxy.cut()
+        await _drop(url, group_queue(topic, "g"))
+
+
+async def test_a_cancelled_broadcast_subscribe_leaves_no_queue(rabbitmq_broker: Broker) -> None:
+    """Broadcast subscribes cancelled between declaring their exclusive queue and
+    consuming it: no queue is left bound to the topic collecting messages (auto-delete
+    never fires for a queue that was never consumed)."""
+    exchange = f"rabbittest-bcast-{uuid.uuid4().hex[:8]}"
+    url = f"{rabbitmq_broker.url.split('?')[0]}?exchange={exchange}"
+    topic = _topic("bcastleak")
+    try:
+        async with bus.connect(url) as b:
+            for i in range(50):
+
+                async def hold() -> None:
+                    async with b.subscribe(topic):
+                        await asyncio.sleep(10)
+
+                task = asyncio.create_task(hold())
+                await asyncio.sleep(0.0003 * (i % 25))
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            # every broadcast queue is gone: a message to the topic reaches none
+            assert await _unroutable(url, exchange, topic)
+    finally:
+        async with _raw(url) as ch:
+            for name in (f"{exchange}.delay", f"{exchange}.requeue", exchange):
+                with contextlib.suppress(Exception):
+                    await ch.exchange_delete(name)
+
+
+async def test_publishes_in_flight_when_the_bus_closes_raise_bus_closed(
+    rabbitmq_broker: Broker,
+) -> None:
+    """Publishes in flight when close() runs either return their id (and the message
+    is there) or raise BusClosed promptly, never a PublishError or BrokerUnavailable
+    after operation_timeout."""
+    url = rabbitmq_broker.url
+    topic = _topic("pubclose")
+    confirmed: list[str] = []
+    outcomes: dict[str, int] = {}
+    try:
+        for pause in (0.0, 0.001, 0.002, 0.003, 0.005, 0.01):
+            b = await bus.connect(url, operation_timeout=20)
+            await b.declare(topic, groups=["g"])
+
+            async def one(b: bus.Bus = b) -> None:
+                try:
+                    confirmed.append(await b.publish(topic, b"x" * 100))
+                    outcome = "ok"
+                except bus.BusError as exc:
+                    outcome = type(exc).__name__
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+            tasks = [asyncio.create_task(one()) for _ in range(20)]
+            await asyncio.sleep(pause)
+            started = time.monotonic()
+            await b.close()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            assert time.monotonic() - started < 5.0
+        assert set(outcomes) <= {"ok", "BusClosed"}, outcomes
+        async with bus.connect(url) as b, b.subscribe(topic, group="g", prefetch=200) as sub:
+            got = await collect_acked(sub, 6 * 20, 5)  # at most every publish
+        lost = set(confirmed) - {d.message.id for d in got}
+        assert not lost, (
+            f"{len(lost)} of {len(confirmed)} confirmed publishes lost ({len(got)} got)"
+        )
+    finally:
+        await _drop(url, group_queue(topic, "g"))
+
+
+async def test_a_deleted_wait_queue_is_declared_again(rabbitmq_broker: Broker) -> None:
+    """A wait queue deleted while the backend has it cached as declared: the delayed
+    publish (and the nack with a delay) that the delay exchange returns declares it
+    again and is sent once more, and arrives (counted by id)."""
+    exchange = f"rabbittest-wait-{uuid.uuid4().hex[:8]}"
+    url = f"{rabbitmq_broker.url.split('?')[0]}?exchange={exchange}"
+    topic = _topic("waitgone")
+    waits = [f"_{exchange}.due.{delay_ms(0.05)}", f"_{exchange}.requeue.{delay_ms(0.05)}"]
+    drop = f"_{exchange}.due.drop"
+    try:
+        async with bus.connect(url) as b, _raw(url) as raw:
+            await b.declare(topic, groups=["g"])
+            ids = [await b.publish(topic, b"first", delay=0.05)]
+            await asyncio.sleep(0.5)  # due: in the group queue, not in the wait queue
+            await raw.queue_delete(waits[0], if_unused=False, if_empty=False)
+            ids += [await b.publish(topic, f"again{n}", delay=0.05) for n in range(2)]
+            async with b.subscribe(topic, group="g") as sub:
+                got = await collect_acked(sub, 3, 10)
+                assert sorted(d.message.id for d in got) == sorted(ids)
+                retry_id = await b.publish(topic, b"retry")
+                d = await sub.receive(timeout=10)
+                await d.nack(delay=0.05)
+                again = await sub.receive(timeout=10)
+                await raw.queue_delete(waits[1], if_unused=False, if_empty=False)
+                await again.nack(delay=0.05)
+                last = await sub.receive(timeout=10)
+                assert (d.message.id, again.message.id, last.message.id) == (retry_id,) * 3
+                assert last.attempt == 3
+                await last.ack()
+    finally:
+        await _drop(url, *waits, drop, group_queue(topic, "g"))
+        async with _raw(url) as ch:
+            for name in (f"{exchange}.due", f"{exchange}.requeue", f"{exchange}.delay", exchange):
+                with contextlib.suppress(Exception):
+                    await ch.exchange_delete(name)
+
+
+@pytest.mark.parametrize("separator", ["/", "#"])
+def test_a_password_with_an_unencoded_separator_is_not_kept_in_the_error(separator: str) -> None:
+    """An unencoded '/' or '#' in the password ends the authority early, so the URL
+    parser reads part of the password as the port: the ConfigurationError carries no
+    chained exception quoting it."""
+    secret = f"Sekr3t{separator}rest"
+    with pytest.raises(bus.ConfigurationError) as info:
+        bus.connect(f"amqp://guest:{secret}@127.0.0.1:5672/")
+    exc: BaseException | None = info.value
+    while exc is not None:
+        assert "Sekr3t" not in f"{exc} {exc!r}"
+        assert exc.__cause__ is None
+        exc = exc.__context__
+    assert info.value.__context__ is None

@@ -38,8 +38,8 @@ consumer            one robust channel per subscription: ``basic.qos`` = ``prefe
                     again by the subscription itself
 ack / nack          coalesced: one ``basic.ack``/``basic.nack(requeue)`` with
                     ``multiple=True`` per run of equal outcomes over the settled prefix
-                    of un-acked tags, sent by a flusher, before ``fetch`` returns and
-                    before ``close``; never a round trip per message
+                    of un-acked tags, sent by a flusher and before ``close``, without
+                    waiting for the socket to drain; never a round trip per message
 attempt             quorum: 1 + ``x-delivery-count`` (counts nacks and consumer deaths);
                     classic: a nack re-publishes a confirmed copy with ``bus-attempts``
                     and acks the original, and a redelivery after a consumer died adds

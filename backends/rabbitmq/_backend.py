@@ -21,7 +21,13 @@ from yarl import URL
 
 from backends.rabbitmq import _names, _wire
 from backends.rabbitmq._capabilities import QUORUM, capabilities_for
-from backends.rabbitmq._errors import describe, is_connection_trouble, is_inequivalent
+from backends.rabbitmq._errors import (
+    HeadersTooLarge,
+    describe,
+    is_connection_trouble,
+    is_frame_refused,
+    is_inequivalent,
+)
 from backends.rabbitmq._options import RabbitMQOptions
 from backends.rabbitmq._subscription import QueueSpec, RabbitMQSubscription
 from bus._redact import redact_url
@@ -65,6 +71,10 @@ _TO_TOPIC = "due"
 #: deleted meanwhile was kept and retried by its wait queue; likewise replaced.
 _TO_QUEUE = "requeue"
 _UNROUTABLE_LOG_EVERY = 60.0
+#: ``x-expires`` of a broadcast queue: the broker deletes one left without a consumer
+#: this long (a subscribe() cancelled between declare and consume, whose clean-up
+#: delete failed too); a consumed one is auto-deleted with its consumer anyway.
+_BROADCAST_EXPIRES_MS = 60_000
 
 Returned = DeliveredMessage
 
@@ -87,10 +97,17 @@ class RabbitMQBackend(Backend):
         scheme = parts.scheme.lower()
         if scheme not in ("amqp", "amqps"):
             raise ConfigurationError(f"not an amqp:// or amqps:// URL: {self.redacted_url!r}")
+        port: int | None = None
+        valid_port = True
         try:
             port = parts.port
         except ValueError:
-            raise ConfigurationError(f"invalid port in {self.redacted_url!r}") from None
+            valid_port = False
+        if not valid_port:
+            # raised outside the ``except``: the parser's ValueError quotes what follows
+            # the last ':' (part of a password with an unencoded '/' or '#'), and an
+            # exception raised while handling it would keep it as ``__context__``
+            raise ConfigurationError(f"invalid port in {self.redacted_url!r}")
         if not parts.hostname:
             raise ConfigurationError(f"no host in {self.redacted_url!r}")
         tls = scheme == "amqps"
@@ -112,6 +129,8 @@ class RabbitMQBackend(Backend):
         self._pub: AbstractRobustChannel | None = None
         self._topo: AbstractRobustChannel | None = None
         self._pub_underlay: aiormq.abc.AbstractChannel | None = None
+        #: the negotiated frame_max (0: no limit), refreshed on each publish channel
+        self._frame_max = 0
         # bounds each publish attempt without a timer per publish (see bus._watchdog)
         self._watchdog = Watchdog()
         self._closed = False
@@ -195,6 +214,7 @@ class RabbitMQBackend(Backend):
         props: Mapping[str, Any] = {}
         if transport is not None:
             props = transport.connection.server_properties or {}
+            self._frame_max = transport.connection.connection_tune.frame_max
         version = str(props.get("version", "0"))
         try:
             major_minor = tuple(int(p) for p in version.split(".")[:2])
@@ -263,7 +283,7 @@ class RabbitMQBackend(Backend):
             )
         if isinstance(exc, amqp.ChannelAccessRefused):
             return ConfigurationError(f"cannot {action} on {self.redacted_url}: {text}")
-        if is_connection_trouble(exc):
+        if is_connection_trouble(exc) and not is_frame_refused(exc):
             return BrokerUnavailable(f"cannot {action} on {self.redacted_url}: {text}")
         return PublishError(f"cannot {action} on {self.redacted_url}: {text}")
 
@@ -283,7 +303,7 @@ class RabbitMQBackend(Backend):
         return args
 
     def broadcast_arguments(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"x-queue-type": "classic"}
+        args: dict[str, Any] = {"x-queue-type": "classic", "x-expires": _BROADCAST_EXPIRES_MS}
         if self.options.queue_type == "classic":
             args["x-max-priority"] = MAX_PRIORITY
         return args
@@ -350,6 +370,19 @@ class RabbitMQBackend(Backend):
             self._groups.discard(name)
         return True
 
+    async def delete_exclusive_queue(self, name: str, timeout: float) -> None:
+        """Delete a broadcast queue of this connection: one attempt, bounded by
+        ``timeout``, failures ignored (the queue goes with the connection anyway, or
+        after its ``x-expires``)."""
+        topo = self._topo
+        if topo is None or self._connection is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await topo.ready()
+                channel = await topo.get_underlay_channel()
+                await channel.queue_delete(name)
+
     async def _declare_group(self, topic: str, group: str) -> str:
         name = _names.group_queue(topic, group)
         if name in self._groups:
@@ -363,10 +396,13 @@ class RabbitMQBackend(Backend):
         self._groups.add(name)
         return name
 
-    async def _wait_queue(self, target: str, ms: int) -> None:
-        """Declare (at least hourly) the wait queue of ``ms`` for ``target``."""
+    async def _wait_queue(self, target: str, ms: int, *, again: bool = False) -> None:
+        """Declare (at least hourly, or ``again`` now: a publish to it came back)
+        the wait queue of ``ms`` for ``target``."""
         o = self.options
         name = _names.wait_queue(o.exchange, target, ms)
+        if again:
+            self._wait_queues.pop(name, None)
         declared = self._wait_queues.get(name)
         if declared is not None and time.monotonic() - declared < _WAIT_QUEUE_REDECLARE_S:
             return
@@ -430,15 +466,20 @@ class RabbitMQBackend(Backend):
         through reconnects (and broker nacks) for up to ``operation_timeout``.
 
         Returns the ack, or the returned message when ``mandatory`` and no queue
-        took it. A retry after a lost confirm may store the message twice."""
+        took it. A retry after a lost confirm may store the message twice. Raises
+        :class:`bus.MessageTooLarge` (nothing sent) for properties and headers that do
+        not fit in one frame, :class:`bus.BusClosed` as soon as the bus closes."""
         pub = self._pub
         if pub is None or self._closed:
             raise BusClosed(f"{self.redacted_url} is not connected")
+        self._check_frame(routing_key, body, properties)
         timeout = self.options.operation_timeout
         if deadline is None:
             deadline = time.monotonic() + timeout
         last: BaseException | str | None = None
         while True:
+            if self._closed:
+                raise self._closed_while(routing_key)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 why = describe(last, self.secret) if isinstance(last, BaseException) else last
@@ -457,6 +498,12 @@ class RabbitMQBackend(Backend):
             except TimeoutError:
                 continue
             except BaseException as exc:
+                driver = isinstance(exc, Exception | asyncio.CancelledError)
+                if self._closed and driver and not _caller_cancelled():
+                    # close() ended the channel under it: whatever the driver raised
+                    raise self._closed_while(routing_key) from None
+                if is_frame_refused(exc):
+                    raise self.translate(exc, f"publish to {routing_key!r}") from exc
                 if not is_connection_trouble(exc):
                     if isinstance(exc, Exception) and not isinstance(exc, BusError):
                         raise self.translate(exc, f"publish to {routing_key!r}") from exc
@@ -499,7 +546,25 @@ class RabbitMQBackend(Backend):
         if channel is None or channel.is_closed:
             await pub.ready()
             channel = self._pub_underlay = await pub.get_underlay_channel()
+            # a reconnect negotiates frame_max again (another node, another config)
+            tune = getattr(getattr(channel, "connection", None), "connection_tune", None)
+            self._frame_max = getattr(tune, "frame_max", self._frame_max)
         return channel
+
+    def _closed_while(self, topic: str) -> BusClosed:
+        return BusClosed(f"the bus closed while publishing to {topic!r}: not confirmed")
+
+    def _check_frame(self, topic: str, body: bytes, properties: Basic.Properties) -> None:
+        """Raise :class:`bus.MessageTooLarge` for properties and headers that do not fit
+        in one frame (``frame_max``). Checked before anything is sent: the broker
+        closes the whole connection over such a frame, with every subscription's
+        channel on it, and would do so again on every retry."""
+        limit = self._frame_max
+        if not limit:
+            return
+        size = _wire.header_frame_size(properties, len(body), below=limit)
+        if size > limit:
+            raise HeadersTooLarge(size, limit, topic)
 
     def _unroutable_publish(self, topic: str, policy: str) -> None:
         if policy == "raise":
@@ -546,6 +611,8 @@ class RabbitMQBackend(Backend):
         pub = self._pub
         if pub is None or self._closed:
             raise BusClosed(f"{self.redacted_url} is not connected")
+        for m, props in zip(messages, properties, strict=True):
+            self._check_frame(m.topic, m.data, props)  # before any of them is sent
         window = self.options.publish_window
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -567,7 +634,9 @@ class RabbitMQBackend(Backend):
                     )
                     for i, answer in zip(chunk, answers, strict=True):
                         if isinstance(answer, BaseException):
-                            if is_connection_trouble(answer):
+                            if self._closed:
+                                raise self._closed_while(messages[i].topic) from None
+                            if is_connection_trouble(answer) and not is_frame_refused(answer):
                                 continue  # sent again below
                             if isinstance(answer, Exception) and not isinstance(answer, BusError):
                                 what = f"publish to {messages[i].topic!r}"
@@ -578,7 +647,9 @@ class RabbitMQBackend(Backend):
         except TimeoutError:
             pass  # the rest goes the slow way, which raises at the deadline
         except Exception as exc:
-            if not is_connection_trouble(exc):
+            if self._closed and not isinstance(exc, BusClosed):
+                raise self._closed_while(messages[0].topic) from None
+            if not is_connection_trouble(exc) or is_frame_refused(exc):
                 raise
         for i, result in enumerate(results):
             if result is None:
@@ -603,9 +674,23 @@ class RabbitMQBackend(Backend):
             results = await self._publish_all(
                 _names.delay_exchange(o.exchange), messages, props, mandatory=True
             )
-            for m, r in zip(messages, results, strict=True):
-                if isinstance(r, Returned):
-                    raise PublishError(f"wait queue of {ms} ms for {m.topic!r} is missing")
+            returned = [
+                (m, p) for m, p, r in zip(messages, props, results, strict=True)
+                if isinstance(r, Returned)
+            ]  # fmt: skip
+            if returned:
+                # the wait queue was deleted (by hand, or it expired) while cached as
+                # declared: declare it again and send what came back, once
+                await self._wait_queue("topic", ms, again=True)
+                again = await self._publish_all(
+                    _names.delay_exchange(o.exchange),
+                    [m for m, _ in returned],
+                    [p for _, p in returned],
+                    mandatory=True,
+                )
+                for (m, _), r in zip(returned, again, strict=True):
+                    if isinstance(r, Returned):
+                        raise PublishError(f"wait queue of {ms} ms for {m.topic!r} is missing")
             return
         props = [_wire.encode(m) for m in messages]
         results = await self._publish_all(o.exchange, messages, props, mandatory=True)
@@ -630,6 +715,13 @@ class RabbitMQBackend(Backend):
             exchange = ""  # the default exchange routes by queue name
         props = _wire.encode(message, extra=extra)
         result = await self._send(exchange, queue, message.data, props, mandatory=True)
+        if isinstance(result, Returned) and delay:
+            # returned by the delay exchange: the wait queue was deleted while cached
+            # as declared; declare it again and send once more
+            await self._wait_queue("queue", _names.delay_ms(delay), again=True)
+            result = await self._send(exchange, queue, message.data, props, mandatory=True)
+            if isinstance(result, Returned):
+                raise PublishError(f"cannot put {message.id} back: its wait queue is missing")
         if isinstance(result, Returned):
             raise PublishError(f"cannot put {message.id} back: queue {queue!r} is gone")
 
@@ -748,3 +840,9 @@ class RabbitMQBackend(Backend):
             "AMQP cannot list who consumes a topic; request() detects no responders "
             "through the broker's return of a mandatory publish",
         )
+
+
+def _caller_cancelled() -> bool:
+    """The current task was cancelled (not an operation inside it by the driver)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -11,7 +11,16 @@ import asyncio
 
 import aiormq.exceptions as amqp
 
-__all__ = ["RETRYABLE", "describe", "is_connection_trouble", "is_inequivalent"]
+from bus.errors import MessageTooLarge
+
+__all__ = [
+    "RETRYABLE",
+    "HeadersTooLarge",
+    "describe",
+    "is_connection_trouble",
+    "is_frame_refused",
+    "is_inequivalent",
+]
 
 #: Failures that a reconnect may cure: publish and consume retry them.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -21,6 +30,28 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+
+
+class HeadersTooLarge(MessageTooLarge):
+    """The properties and headers of a message do not fit in one AMQP frame; nothing
+    was sent. ``size`` is the content header frame, ``limit`` the negotiated
+    ``frame_max``: AMQP 0-9-1 cannot split a content header over frames, and a broker
+    that receives a larger one closes the whole connection (``frame_too_large``)."""
+
+    def __init__(self, size: int, limit: int, topic: str) -> None:
+        super().__init__(size, limit, topic)
+        self.args = (
+            f"the properties and headers of a message to {topic!r} take {size} bytes on "
+            f"the wire, more than one AMQP frame carries ({limit} bytes, the broker's "
+            "frame_max): shorten its headers; nothing was sent",
+        )
+
+
+def is_frame_refused(exc: BaseException) -> bool:
+    """The broker closed the connection over a frame we sent (``FRAME_ERROR``, e.g.
+    ``frame_too_large``): sending the same frame after the reconnect would only close
+    the connection again, and every channel on it with it."""
+    return isinstance(exc, amqp.ConnectionFrameError)
 
 
 def is_connection_trouble(exc: BaseException) -> bool:

@@ -10,10 +10,13 @@ already put them back - and settling one of them is a no-op (acking an unknown
 tag on the new channel would close it).
 
 Settlements are coalesced on the wire: ``ack``/``nack`` only record the outcome;
-a flusher (or the next ``fetch``, or ``close``) sends them. The settled prefix of
-the un-acked tags goes as one ``basic.ack``/``basic.nack`` with ``multiple=True``
-per run of equal outcomes; settlements behind a still-unsettled delivery go one
-frame each (still without waiting for a reply: AMQP acks have none).
+a flusher (or ``close``) sends them, a few event-loop turns after the first one is
+recorded. The settled prefix of the un-acked tags goes as one
+``basic.ack``/``basic.nack`` with ``multiple=True`` per run of equal outcomes;
+settlements behind a still-unsettled delivery go one frame each. Frames are queued
+for the socket without waiting for it to drain (AMQP acks have no reply), and
+``fetch`` sends nothing itself: a peer that stops reading holds up neither ``fetch``
+nor ``close`` (whose flush is bounded).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +52,9 @@ _ACK, _REQUEUE = "ack", "requeue"
 #: Bound on each step of close() while the broker is unreachable (the broker
 #: returns the un-acked deliveries when it drops the connection anyway).
 _CLOSE_TIMEOUT = 5.0
+#: Event-loop turns the flusher lets pass before sending, so that the settlements a
+#: burst records coalesce (about what waiting for the socket to drain used to give).
+_COALESCE_TURNS = 3
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,8 @@ class RabbitMQSubscription(BackendSubscription):
                 continue
             except BaseException as exc:
                 if not is_connection_trouble(exc):
+                    if not isinstance(exc, Exception):
+                        raise  # our caller was cancelled (subscribe(), close()): no error
                     raise backend.translate(exc, f"consume {q.name!r}") from exc
                 last = exc
                 await asyncio.sleep(min(backend.options.reconnect_interval, 0.5))
@@ -202,7 +210,6 @@ class RabbitMQSubscription(BackendSubscription):
 
     # -- consuming -----------------------------------------------------------------
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[Delivery]:
-        await self._flush()
         deadline = time.monotonic() + timeout
         while not self._buffer and not self._closed:
             self._wake.clear()
@@ -265,63 +272,144 @@ class RabbitMQSubscription(BackendSubscription):
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            # let the settlements of this burst (a batch handled in one go) be recorded
+            # first: they then go as one frame with multiple=True
+            for _ in range(_COALESCE_TURNS):
+                await asyncio.sleep(0)
             self._dirty.clear()
-            await self._flush()
+            await self._flush(None)
 
-    async def _flush(self) -> None:
-        """Send the recorded settlements (see the module docstring)."""
-        async with self._flush_lock:
-            channel, pending = self._live, self._pending
-            if channel is None or not any(v is not None for v in pending.values()):
-                return
-            frames: list[tuple[str, int, bool]] = []
-            items = list(pending.items())
-            i = 0
-            while i < len(items) and items[i][1] is not None:
-                outcome, j = items[i][1], i
-                while j + 1 < len(items) and items[j + 1][1] == outcome:
-                    j += 1
-                frames.append((outcome, items[j][0], j > i))  # type: ignore[arg-type]
-                i = j + 1
-            frames.extend((o, tag, False) for tag, o in items[i:] if o is not None)
-            for tag, outcome in items:
-                if outcome is not None:
-                    del pending[tag]
-            try:
-                for n, (outcome, tag, multiple) in enumerate(frames):
-                    wait = n == len(frames) - 1
-                    if outcome == _ACK:
-                        await channel.basic_ack(tag, multiple=multiple, wait=wait)
-                    else:
-                        await channel.basic_nack(tag, multiple=multiple, requeue=True, wait=wait)
-                    self.frames_sent += 1
-            except Exception as exc:
-                # the channel is gone: the broker returns everything un-acked by itself
-                log.debug("%r: settlements dropped with the channel: %s", self, exc)
+    async def _flush(self, timeout: float | None) -> None:
+        """Send the recorded settlements (see the module docstring), within ``timeout``
+        seconds (None: no bound). Frames are queued without waiting for the socket to
+        drain (AMQP acks have no reply): a peer that stops reading must not hold up
+        ``close``. Settlements not queued when the time is up stay recorded (the
+        channel's close returns those deliveries)."""
+        try:
+            async with asyncio.timeout(timeout), self._flush_lock:
+                await self._send_settlements()
+        except TimeoutError:
+            if any(v is not None for v in self._pending.values()):
+                self._dirty.set()
+
+    async def _send_settlements(self) -> None:
+        channel, pending = self._live, self._pending
+        if channel is None or not any(v is not None for v in pending.values()):
+            return
+        # (outcome, delivery tag, multiple, the tags the frame settles)
+        frames: list[tuple[str, int, bool, list[int]]] = []
+        items = list(pending.items())
+        i = 0
+        while i < len(items) and items[i][1] is not None:
+            outcome, j = items[i][1], i
+            while j + 1 < len(items) and items[j + 1][1] == outcome:
+                j += 1
+            tags = [tag for tag, _ in items[i : j + 1]]
+            frames.append((outcome, items[j][0], j > i, tags))  # type: ignore[arg-type]
+            i = j + 1
+        frames.extend((o, tag, False, [tag]) for tag, o in items[i:] if o is not None)
+        try:
+            for outcome, tag, multiple, tags in frames:
+                if outcome == _ACK:
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                else:
+                    await channel.basic_nack(tag, multiple=multiple, requeue=True, wait=False)
+                # forgotten once queued: a frame cut off by the timeout was not sent
+                for settled in tags:
+                    pending.pop(settled, None)
+                self.frames_sent += 1
+        except Exception as exc:
+            # the channel is gone: the broker returns everything un-acked by itself
+            log.debug("%r: settlements dropped with the channel: %s", self, exc)
+            for tag in [t for t, o in pending.items() if o is not None]:
+                del pending[tag]
 
     async def close(self) -> None:
+        """Cancel the consumer, send the recorded settlements and close the channel
+        (the broker requeues every un-acked delivery). Each step is bounded by
+        ``_CLOSE_TIMEOUT``, also when the broker is unreachable or silent. A
+        broadcast queue is deleted (one cancelled before it was consumed would not
+        be auto-deleted). Cancelling close() cancels it (the channel is then closed
+        in the background)."""
         if self._closed:
             return
         self._closed = True
         self._wake.set()
         channel, live = self._channel, self._live
+        tasks = {t for t in (self._watcher, self._flusher) if t is not None}
+        for task in tasks:
+            task.cancel()
+        closed_channel = False
         try:
+            if tasks:
+                # not ``await task`` under suppress(CancelledError): that would also
+                # swallow a cancellation of close() itself
+                await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
+                for task in tasks:
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: it ended as it did, we are closing
             if live is not None and not live.is_closed and self._tag is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(_CLOSE_TIMEOUT):
                         await live.basic_cancel(self._tag)
-            await self._flush()
-        finally:
-            self._buffer.clear()
-            for task in (self._watcher, self._flusher):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await self._flush(_CLOSE_TIMEOUT)
+            if not self.queue.durable:
+                await self._delete_broadcast_queue()
             if channel is not None:
                 # closing the channel returns every un-acked delivery to the queue
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(_CLOSE_TIMEOUT):
                         await channel.close()
+            closed_channel = True
+        finally:
+            self._buffer.clear()
             self._live = None
             self.backend.forget(self)
+            if channel is not None and not closed_channel:
+                # close() was cancelled: still give the deliveries back, without
+                # making the canceller wait for it
+                _background(channel.close())
+
+    async def _delete_broadcast_queue(self) -> None:
+        """Delete this subscriber's exclusive queue. A consumed one goes by itself
+        (auto-delete), but one declared and never consumed (subscribe() cancelled or
+        failed in between) would collect the topic's messages until the connection
+        closes; ``x-expires`` (``Backend.broadcast_arguments``) is the backstop."""
+        if self._channel is None:
+            return  # cancelled before the channel opened: nothing was declared
+        ch: aiormq.abc.AbstractChannel | None = None
+        with contextlib.suppress(Exception):
+            ch = await self._channel.get_underlay_channel()
+        if ch is not None:
+            try:
+                # on our own channel while it is open: the broker handles a channel's
+                # frames in order, so the delete cannot overtake a declare in flight
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await ch.queue_delete(self.queue.name)
+                return
+            except Exception:  # the channel is closing or gone: see below
+                pass
+            # a declare cancelled in flight makes aiormq close our channel: once the
+            # broker confirmed that close, it has handled the declare, and the delete
+            # on another channel cannot come first
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await ch.closing
+        # on the topology channel (same connection, which an exclusive queue needs)
+        await self.backend.delete_exclusive_queue(self.queue.name, _CLOSE_TIMEOUT)
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _background(coro: Awaitable[Any]) -> None:
+    """Run ``coro`` unawaited, bounded by ``_CLOSE_TIMEOUT``, its failure ignored."""
+
+    async def run() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await coro
+
+    task = asyncio.get_running_loop().create_task(run())
+    _BACKGROUND.add(task)  # a reference, so it is not collected while it runs
+    task.add_done_callback(_BACKGROUND.discard)

@@ -22,8 +22,10 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+import pamqp.frame
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from backends.rabbitmq._names import group_from_queue
 from bus import codec
@@ -41,6 +43,7 @@ __all__ = [
     "broker_dead_letter_headers",
     "decode",
     "encode",
+    "header_frame_size",
 ]
 
 #: Deliveries made before this copy was published (nack with delay, classic nack).
@@ -98,6 +101,29 @@ def encode(
         reply_to=reply_to,
         headers=headers,
     )
+
+
+#: Above what :func:`header_frame_size` can be for headers of these sizes: the
+#: frame's fixed part and every short-string property at its longest (255 bytes).
+_FIXED_BOUND = 4096
+
+
+def header_frame_size(properties: Basic.Properties, body_size: int, *, below: int = 0) -> int:
+    """Bytes of the content header frame (frame overhead included) that carries
+    ``properties`` and the headers table. AMQP sends it as one frame, which must fit
+    the negotiated ``frame_max``. When a cheap upper bound (string headers) is at most
+    ``below``, that bound is returned instead of marshalling the properties."""
+    if below:
+        bound = _FIXED_BOUND
+        for value in (properties.headers or {}).values():
+            if not isinstance(value, str):
+                bound = below + 1
+                break
+            # name (<= 255 bytes, checked by encode), type, length, UTF-8 <= 4 bytes a char
+            bound += 262 + 4 * len(value)
+        if bound <= below:
+            return bound
+    return len(pamqp.frame.marshal(ContentHeader(0, body_size, properties), 1))
 
 
 def _text(value: Any) -> str:
