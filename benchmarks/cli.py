@@ -8,8 +8,13 @@
 
 Writes ``DIR/results.json``, ``DIR/report.md`` and ``DIR/*.png`` (default DIR:
 ``bus-results/bench``). Progress goes to stderr, one line per workload.
-Exit status: 0 when every requested target ran (figures or not), 1 when a workload
-failed, 2 on bad usage.
+Exit status: 0 when every target was measured and no workload failed; 1 when a
+target was not (it could not connect, or its broker could not be provisioned: status
+``error`` or ``skipped``) or a workload failed, after the results and the report are
+written; 2 on bad usage (a bad ``--set``, a ``--compare`` or ``--report-only`` file
+that is missing or not a results file), before anything is measured.
+Warnings (a broker given twice, a clean-up that overran, a library option that
+differs from the raw side's setting) go to stderr even with ``--quiet``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from benchmarks.results import Results
+
+__all__ = ["build_parser", "main", "measured"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,13 +94,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.progress import Progress
     from benchmarks.report import write_report
     from benchmarks.results import Results
-    from benchmarks.runner import compute_ratios, plan_all, plan_urls, run_benchmarks
+    from benchmarks.runner import (
+        KINDS,
+        compute_ratios,
+        dedupe_plans,
+        plan_all,
+        plan_urls,
+        run_benchmarks,
+    )
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     conformance_dir = Path(args.conformance_dir)
     previous = Path(args.compare) if args.compare else None
+    # a results file the run needs is checked before anything is measured
+    if previous is not None and _unreadable(previous, "--compare"):
+        return 2
     if args.report_only:
+        if _unreadable(Path(args.report_only), "--report-only"):
+            return 2
         results = Results.read(Path(args.report_only))
         results.ratios = compute_ratios(results.points)  # the current rules
         path = write_report(results, out, conformance_dir, previous)
@@ -113,16 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Per-message debug logging would distort every figure: keep the bus quiet.
     logging.getLogger("bus").setLevel(logging.WARNING)
     logging.getLogger("backends").setLevel(logging.WARNING)
-    if args.all:
-        plans = plan_all()
-        known = {p.url for p in plans}
-        plans += [p for p in plan_urls(args.urls) if p.url not in known]
+    if args.all:  # a bare kind is provisioned by plan_all already
+        plans = plan_all() + plan_urls([u for u in args.urls if u not in KINDS])
     else:
         plans = plan_urls(args.urls or ["memory://"])
+    # each broker once, however often it was named (`--all` and its URL again)
+    plans, dropped = dedupe_plans(plans)
+    for text in dropped:
+        print(f"bus bench: warning: {text}", file=sys.stderr)
     progress = Progress(0, enabled=not args.quiet)
     for plan in plans:
         where = plan.reason.splitlines()[0] if plan.reason else f"{plan.origin}"
-        progress.note(f"{plan.backend}: {where}")
+        progress.note(f"{plan.id}: {where}")
     command = ["bus", "bench", *(sys.argv[1:] if argv is None else argv)]
     try:
         results = asyncio.run(run_benchmarks(plans, config, progress=progress, command=command))
@@ -131,10 +154,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     path = results.write(out / "results.json")
     report = write_report(results, out, conformance_dir, previous)
+    if args.quiet:  # shown with the progress otherwise
+        for text in results.warnings:
+            print(f"bus bench: warning: {text}", file=sys.stderr)
     print(f"results written to {path}")
     print(f"report written to {report}")
-    failed = [p for p in results.points if p.error]
-    return 1 if failed else 0
+    return 0 if measured(results) else 1
+
+
+def measured(results: Results) -> bool:
+    """Whether every target of ``results`` was measured (status ``ok``) and no
+    workload failed: the exit status of ``bus bench`` (0, else 1)."""
+    return all(t.status == "ok" for t in results.targets) and not any(
+        p.error for p in results.points
+    )
+
+
+def _unreadable(path: Path, option: str) -> bool:
+    """Whether ``path`` is not a readable results file (said on stderr)."""
+    from benchmarks.results import Results
+
+    try:
+        Results.read(path)
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    except ValueError as exc:  # not JSON, or not a results file
+        problem = f"not a results file ({str(exc).splitlines()[0]})"
+    else:
+        return False
+    print(f"bus bench: error: {option} {path}: {problem}", file=sys.stderr)
+    return True
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 
@@ -34,6 +34,11 @@ WorkloadName = Literal[
     "rpc",
 ]
 WORKLOADS: tuple[WorkloadName, ...] = get_args(WorkloadName)
+
+
+#: A list of counts, rates or sizes: at least one item, each at least 1 (a rate, size
+#: or consumer count of 0 has no meaning, and an empty list would measure nothing).
+Positives = Annotated[list[Annotated[int, pydantic.Field(ge=1)]], pydantic.Field(min_length=1)]
 
 
 class _Model(pydantic.BaseModel):
@@ -75,7 +80,7 @@ class Latency(_Model):
     """Publish at fixed rates; latency = handler time - *intended* send time
     (coordinated-omission-aware, OpenMessaging style)."""
 
-    rates: list[int] = pydantic.Field(default_factory=lambda: [500, 2000])
+    rates: Positives = pydantic.Field(default_factory=lambda: [500, 2000])
     duration_s: float = pydantic.Field(default=3.0, gt=0)
     runs: int | None = pydantic.Field(default=None, ge=1)
     """Measured runs per rate (default: the config's ``runs``); latency runs are long
@@ -96,7 +101,7 @@ class FanOut(_Model):
 class Scaling(_Model):
     """Competing consumers: 1, 2, 4 members of one group drain a backlog."""
 
-    consumers: list[int] = pydantic.Field(default_factory=lambda: [1, 2, 4])
+    consumers: Positives = pydantic.Field(default_factory=lambda: [1, 2, 4])
     count: int = pydantic.Field(default=8000, ge=1)
 
 
@@ -104,7 +109,7 @@ class Sizes(_Model):
     """Batched publish then drain at each message size; the count per size is
     ``min(count, bytes_budget // size)`` so 64 KiB runs stay bounded in memory."""
 
-    sizes: list[int] = pydantic.Field(default_factory=lambda: [128, 1024, 65536])
+    sizes: Positives = pydantic.Field(default_factory=lambda: [128, 1024, 65536])
     count: int = pydantic.Field(default=4000, ge=1)
     bytes_budget: int = pydantic.Field(default=32 * 1024 * 1024, ge=1024)
 
@@ -212,12 +217,25 @@ class BenchConfig(_Model):
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""
-    workloads: list[WorkloadName] = pydantic.Field(default_factory=lambda: list(WORKLOADS))
+    workloads: list[WorkloadName] = pydantic.Field(
+        default_factory=lambda: list(WORKLOADS), min_length=1
+    )
     raw: bool = True
     """Also run each broker's raw client on the same workloads."""
     workload_timeout_s: float = pydantic.Field(default=120.0, gt=0)
-    """One workload on one target may take at most this long (then it is recorded as
-    an error and the run goes on)."""
+    """How long each wait for messages inside a workload may take (a backlog's drain,
+    a fan-out or scaling run, the job round trip's jobs) before the workload is
+    recorded as an error and the run goes on. A whole workload on one target, all its
+    runs together, is cut off at twice this (``runner.WORKLOAD_BOUND``), so that a
+    stalled drain ends on its own bound first and says how many messages came; its
+    clean-up then gets up to ``cleanup_timeout_s`` more."""
+    cleanup_timeout_s: float = pydantic.Field(default=15.0, gt=0)
+    """The allowance of each clean-up step, beyond the workload's bound: closing a
+    workload's extra connections, deleting what it left on the broker (per side), and
+    closing each side's connection at the end of the run (15 s by default, the bound
+    the workloads give each consumer's close). A step that overruns is
+    abandoned with a warning (recorded in the results) and the run goes on: the raw
+    clients (redis-py, aio-pika) have no timeouts of their own."""
     confirmed_publish: ConfirmedPublish = pydantic.Field(default_factory=ConfirmedPublish)
     batched_publish: BatchedPublish = pydantic.Field(default_factory=BatchedPublish)
     consume_ack: ConsumeAck = pydantic.Field(default_factory=ConsumeAck)
@@ -231,7 +249,13 @@ class BenchConfig(_Model):
     rabbitmq: RabbitMQ = pydantic.Field(default_factory=RabbitMQ)
     nats: NATS = pydantic.Field(default_factory=NATS)
     library_options: dict[str, dict[str, Any]] = pydantic.Field(default_factory=dict)
-    """Extra ``bus.connect`` options per backend scheme (``redis``, ``kafka``, ...)."""
+    """Extra ``bus.connect`` options of the library side, keyed by broker kind
+    (``memory``, ``redis``, ``rabbitmq``, ``nats``, ``kafka``) or by URL scheme
+    (``amqp``, ``rediss``, ``tls``, ...); where both match a URL, the scheme's
+    options win. They override the settings the library side shares with the raw side
+    (the ``kafka``, ``rabbitmq`` and ``nats`` sections): where one then differs from
+    the raw side's, the run warns and records it (``results.warnings`` and the bus
+    target's ``settings["differs_from_raw"]``)."""
 
     @pydantic.model_validator(mode="after")
     def _run_bounds(self) -> BenchConfig:
@@ -355,4 +379,8 @@ def apply_overrides(config: BenchConfig, pairs: Iterable[str]) -> BenchConfig:
     try:
         return BenchConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ValueError(str(exc)) from None
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "config"
+            problems.append(f"{where}: {error['msg']} (got {error['input']!r})")
+        raise ValueError("invalid settings: " + "; ".join(problems)) from None

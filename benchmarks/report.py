@@ -569,12 +569,14 @@ def _behind(results: Results, r: Ratio) -> list[str]:
 def _ratio_cell(r: Ratio | None, behind: Sequence[str] = ()) -> str:
     if r is None:
         return "-"
+    goal = f"target {'≥' if r.better == 'higher' else '≤'} {r.target:g}; " if r.target else ""
     if behind:
-        goal = f"target {'≥' if r.better == 'higher' else '≤'} {r.target:g}; " if r.target else ""
         return (
             f"{r.ratio:.2f} [{r.low:.2f}-{r.high:.2f}] not judged "
             f"({goal}{' and '.join(behind)} fell behind the rate)"
         )
+    if r.partial:  # the sides' figures cover different rounds
+        return f"{r.ratio:.2f} [{r.low:.2f}-{r.high:.2f}] not judged ({goal}{r.partial})"
     mark = ""
     if r.verdict == "meets" or (r.verdict is None and r.meets is True):
         mark = " ✅"
@@ -636,7 +638,11 @@ def _ratio_section(results: Results) -> str:
         _table(header, rows) if rows else "_No broker was measured on both sides._",
     ]
     # a latency ratio whose run fell behind its rate on either side is no verdict
-    judged = [r for r in results.ratios if r.meets is not None and not _behind(results, r)]
+    judged = [
+        r
+        for r in results.ratios
+        if r.meets is not None and not r.partial and not _behind(results, r)
+    ]
     if judged:
 
         def names(rs: Iterable[Ratio]) -> str:
@@ -1230,6 +1236,11 @@ def render_markdown(
         CAVEATS
         + (POLL_IDLE_CAVEAT if str(env.get("poll_idle", "")).startswith("on") else "")
         + (TANSU_CAVEAT if _LABEL["kafka"] == "Kafka (Tansu)" else ""),
+        *(
+            ["## Warnings of this run", "", *(f"- {w}" for w in results.warnings), ""]
+            if results.warnings
+            else []
+        ),
         "## Method and settings",
         "",
         _settings_section(results),

@@ -93,7 +93,12 @@ class Ratio(pydantic.BaseModel):
     """Whether the median ratio meets the target."""
     verdict: Literal["meets", "misses", "inconclusive"] | None = None
     """``meets``/``misses`` when the whole IQR-bound range is on one side of the target,
-    ``inconclusive`` when it straddles it (the run-to-run noise decides)."""
+    ``inconclusive`` when it straddles it (the run-to-run noise decides) or the ratio is
+    ``partial``."""
+    partial: str = ""
+    """Why the two sides' figures do not cover the same rounds (the workload failed
+    in a round on one side only, so each median holds other minutes of the machine),
+    else empty. A partial ratio is never judged ``meets`` or ``misses``."""
 
 
 #: workload -> (metric, comparison, target, extra params that select the point)
@@ -127,6 +132,10 @@ class Results(pydantic.BaseModel):
     ratios: list[Ratio] = pydantic.Field(default_factory=list)
     probes: list[Probe] = pydantic.Field(default_factory=list)
     """The machine's speed before each backend's pass of each round."""
+    warnings: list[str] = pydantic.Field(default_factory=list)
+    """What the run warned about: plans of one broker measured once, clean-ups that
+    failed or overran their allowance, library options that differ from the raw side's
+    settings, settings decided differently per broker."""
 
     model_config = pydantic.ConfigDict(populate_by_name=True)
 

@@ -17,10 +17,10 @@ import datetime as dt
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from benchmarks.brokercost import find_listener
 from benchmarks.config import BenchConfig, session_timeout_for
@@ -43,8 +43,11 @@ from benchmarks.workloads import WORKLOAD_FUNCS, Context, Point
 __all__ = [
     "KINDS",
     "BackendPlan",
+    "backend_kind",
     "backend_of",
+    "broker_key",
     "compute_ratios",
+    "dedupe_plans",
     "merge_rounds",
     "plan_all",
     "plan_urls",
@@ -93,11 +96,20 @@ class BackendPlan:
     """One backend to measure: where it is and how it was found."""
 
     backend: str
+    """The broker kind (``redis``, ``rabbitmq``, ``nats``, ``kafka``, ``memory``)."""
     url: str
     origin: str = "url"
     reason: str = ""
     """Why it cannot be measured (provisioning failed), else empty."""
     broker_handle: Any = field(default=None, repr=False)
+    id: str = ""
+    """What the results call this backend (``TargetResult.backend``, the ``{id}/{side}``
+    target ids, ``PointResult.backend``, ``Ratio.backend``, ``Probe.backend``): the kind
+    itself, or ``kind#n`` for the n-th distinct broker of one kind in a run (see
+    :func:`dedupe_plans`). Empty: the kind."""
+
+    def __post_init__(self) -> None:
+        self.id = self.id or self.backend
 
     @property
     def local_port(self) -> int | None:
@@ -111,6 +123,85 @@ class BackendPlan:
             return parts.port or _DEFAULT_PORTS.get(self.backend)
         except ValueError:
             return None
+
+
+def _host_port(item: str, default: int | None) -> tuple[str, int | str | None]:
+    parts = urlsplit(f"//{item}")
+    host = (parts.hostname or "").lower()
+    # the names of this machine, and no host (the clients' default), are one broker
+    if not host or host in _LOCAL_HOSTS or host == "::1":
+        host = "127.0.0.1"
+    try:
+        port: int | str | None = parts.port or default
+    except ValueError:  # not a number: compare as written
+        port = item.rpartition(":")[2]
+    return host, port
+
+
+def broker_key(plan: BackendPlan) -> tuple[Any, ...]:
+    """What identifies the broker of ``plan``: its kind, its hosts and ports (each
+    name of this machine, and no host, as ``127.0.0.1``; a missing port as the kind's
+    default), and the Redis database (default 0) or RabbitMQ virtual host (default
+    ``/``); ``memory://name``: the in-process broker's name. Two plans with one key
+    measure the same thing."""
+    kind = plan.backend
+    parts = urlsplit(plan.url)
+    if kind == "memory":
+        return (kind, (parts.netloc or parts.path.strip("/")) or "default")
+    netloc = parts.netloc.rpartition("@")[2]
+    default = _DEFAULT_PORTS.get(kind)
+    hosts = tuple(sorted(_host_port(item, default) for item in netloc.split(",")))
+    path = unquote(parts.path)
+    if kind == "redis":
+        return (kind, hosts, path.strip("/") or "0")
+    if kind == "rabbitmq":
+        return (kind, hosts, path[1:] or "/")
+    return (kind, hosts)
+
+
+def dedupe_plans(plans: Sequence[BackendPlan]) -> tuple[list[BackendPlan], list[str]]:
+    """``plans`` with each broker once (by :func:`broker_key`; the first plan of a
+    broker is kept), without a failed provisioning of a kind that another plan
+    measures, and with unique ids: the first broker of a kind keeps the kind as its
+    id (``redis``, so its targets stay ``redis/bus`` and ``redis/raw``), a second
+    distinct broker of that kind is ``redis#2``, and so on. Returns the plans and a
+    warning for each plan left out."""
+    from bus import redact_url
+
+    warnings: list[str] = []
+    seen: dict[tuple[Any, ...], BackendPlan] = {}
+    for plan in plans:
+        key = broker_key(plan)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = plan
+            continue
+        if first.reason and not plan.reason:
+            seen[key] = plan  # one that can be measured beats one that cannot
+            first, plan = plan, first
+        warnings.append(
+            f"{plan.backend}: {redact_url(plan.url)} is the broker of "
+            f"{redact_url(first.url)}: measured once"
+        )
+    kept = list(seen.values())
+    measured = {p.backend for p in kept if not p.reason}
+    out: list[BackendPlan] = []
+    count: dict[str, int] = {}
+    for plan in kept:
+        if plan.reason and plan.backend in measured:
+            warnings.append(
+                f"{plan.backend}: not provisioned ({plan.reason.splitlines()[0][:120]}), "
+                "but another URL of this kind is measured"
+            )
+            continue
+        n = count[plan.backend] = count.get(plan.backend, 0) + 1
+        out.append(replace(plan, id=plan.backend if n == 1 else f"{plan.backend}#{n}"))
+    return out, warnings
+
+
+def backend_kind(backend_id: str) -> str:
+    """The broker kind of a results' backend id: ``redis#2`` -> ``redis``."""
+    return backend_id.partition("#")[0]
 
 
 def plan_urls(urls: Sequence[str]) -> list[BackendPlan]:
@@ -168,15 +259,20 @@ def raw_factory(backend: str, url: str, config: BenchConfig) -> Callable[[], Dri
     return None
 
 
-def shared_options(backend: str, url: str, config: BenchConfig) -> dict[str, Any]:
-    """The raw side's settings that the library backend also takes, under the same
-    option name (e.g. Kafka ``fetch_max_wait_ms``, NATS ``storage``), so both sides
-    run with the same settings wherever the backend exposes them."""
-    section: dict[str, Any] = {
+def _raw_section(backend: str, config: BenchConfig) -> dict[str, Any]:
+    """The config section whose settings the raw side of ``backend`` uses."""
+    return {
         "kafka": config.kafka.model_dump(),
         "rabbitmq": config.rabbitmq.model_dump(),
         "nats": config.nats.model_dump(),
     }.get(backend, {})
+
+
+def shared_options(backend: str, url: str, config: BenchConfig) -> dict[str, Any]:
+    """The raw side's settings that the library backend also takes, under the same
+    option name (e.g. Kafka ``fetch_max_wait_ms``, NATS ``storage``), so both sides
+    run with the same settings wherever the backend exposes them."""
+    section = _raw_section(backend, config)
     if not section:
         return {}
     try:
@@ -189,13 +285,36 @@ def shared_options(backend: str, url: str, config: BenchConfig) -> dict[str, Any
     return {name: v for name, v in section.items() if name in fields and v is not None}
 
 
+def library_options(
+    backend: str, url: str, config: BenchConfig
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The options the library side of ``backend`` (a broker kind) at ``url`` connects
+    with, and where they differ from the raw side's settings.
+
+    Options: :func:`shared_options`, then ``config.library_options`` of the broker
+    kind (``rabbitmq``), then of the URL's scheme (``amqp``) where that is another
+    key; a later one wins. Differences: each ``library_options`` entry that sets an
+    option the raw side takes from the config's ``kafka``, ``rabbitmq`` or ``nats``
+    section to another value, as ``name -> {"bus": value, "raw": value}`` (the two
+    sides then do not run with the same settings)."""
+    scheme = urlsplit(url).scheme.lower()
+    chosen = dict(config.library_options.get(backend, {}))
+    if scheme != backend:
+        chosen.update(config.library_options.get(scheme, {}))
+    section = _raw_section(backend, config)
+    differs = {
+        name: {"bus": value, "raw": section[name]}
+        for name, value in chosen.items()
+        if name in section and section[name] != value
+    }
+    return {**shared_options(backend, url, config), **chosen}, differs
+
+
 def library_factory(backend: str, url: str, config: BenchConfig) -> Callable[[], Driver]:
+    """A constructor of the library driver, with :func:`library_options`."""
     from benchmarks.drivers.library import LibraryDriver
 
-    options = {
-        **shared_options(backend, url, config),
-        **config.library_options.get(backend, {}),
-    }
+    options, _ = library_options(backend, url, config)
     return lambda: LibraryDriver(backend, url, options)
 
 
@@ -268,15 +387,27 @@ def _headline(points: Sequence[Point]) -> str:
 _SHOWN_PARAMS = ("rate", "consumers", "size", "groups")
 
 
-async def _cleanup(ctx: Context, side: _Side, backend: str, progress: Progress) -> None:
-    """Delete what the workload left on the broker: each side through its own client
-    (the library side through ``Backend.delete_topic``)."""
-    driver = side.driver
-    assert driver is not None
+#: A whole workload on one target (every run of it) is cut off at this many times
+#: ``workload_timeout_s``, the bound of each wait for messages inside it: the inner
+#: bound fires first where a drain stalls, and says how many messages came.
+WORKLOAD_BOUND = 2
+#: How long opening a driver (and asking its broker what it is) may take.
+_CONNECT_TIMEOUT_S = 60.0
+
+Warn = Callable[[str], None]
+
+
+async def _within(step: Awaitable[None], seconds: float, what: str, warn: Warn) -> None:
+    """Await ``step`` for at most ``seconds``: clean-up and close talk to a broker
+    through clients with no timeouts of their own (redis-py, aio-pika), and a broker
+    that stopped answering must not hang the run. A failure or overrun is a warning."""
     try:
-        await driver.cleanup(ctx.topics, sorted(ctx.groups))
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        warn(f"{what}: gave up after {seconds:g} s (cleanup_timeout_s)")
     except Exception as exc:
-        progress.note(f"cleanup on {backend}/{side.side} failed: {type(exc).__name__}: {exc}")
+        warn(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -286,6 +417,8 @@ class _Backend:
     plan: BackendPlan
     sides: list[_Side]
     proc: Any
+    config: BenchConfig
+    """The run's config with the settings decided for this broker (:func:`for_broker`)."""
     #: per target id: the points of every round so far, and what rounds carry over
     collected: dict[str, list[Point]] = field(init=False)
     carry: dict[str, dict[Any, Any]] = field(init=False)
@@ -298,7 +431,11 @@ class _Backend:
 
 
 async def _open_backend(
-    plan: BackendPlan, config: BenchConfig, progress: Progress, targets: list[TargetResult]
+    plan: BackendPlan,
+    config: BenchConfig,
+    progress: Progress,
+    targets: list[TargetResult],
+    warn: Warn,
 ) -> _Backend | None:
     """Connect both sides of ``plan`` (None when the backend is not measured)."""
     from bus import redact_url
@@ -308,64 +445,65 @@ async def _open_backend(
 
     sides: list[_Side] = []
     raw = raw_factory(plan.backend, plan.url, config) if config.raw else None
-    if raw is not None:
+    library = library_factory(plan.backend, plan.url, config)
+    pairs: tuple[tuple[Side, Callable[[], Driver] | None], ...] = (("raw", raw), ("bus", library))
+    for which, factory in pairs:
+        if factory is None:
+            continue
         sides.append(
             _Side(
-                "raw",
-                raw,
+                which,
+                factory,
                 TargetResult(
-                    id=f"{plan.backend}/raw",
-                    backend=plan.backend,
-                    side="raw",
+                    id=f"{plan.id}/{which}",
+                    backend=plan.id,
+                    side=which,
                     url=redact_url(plan.url),
                     origin=plan.origin,
                 ),
             )
         )
-    sides.append(
-        _Side(
-            "bus",
-            library_factory(plan.backend, plan.url, config),
-            TargetResult(
-                id=f"{plan.backend}/bus",
-                backend=plan.backend,
-                side="bus",
-                url=redact_url(plan.url),
-                origin=plan.origin,
-            ),
-        )
-    )
     for side in sides:
         targets.append(side.target)
+    _, differs = library_options(plan.backend, plan.url, config)
+    if differs and raw is not None:
+        sides[-1].target.settings["differs_from_raw"] = differs
+        for name, values in differs.items():
+            warn(
+                f"{plan.id}: library option {name}={values['bus']!r} overrides the raw "
+                f"side's {values['raw']!r}: the two sides do not run with the same settings"
+            )
     if plan.reason:
         for side in sides:
             side.target.status = "skipped"
             side.target.reason = plan.reason
         progress.done += len(sides) * sum(len(c.workloads) for c in round_configs(config))
-        progress.note(f"{plan.backend}: not measured: {plan.reason.splitlines()[0]}")
+        progress.note(f"{plan.id}: not measured: {plan.reason.splitlines()[0]}")
         return None
 
     for side in sides:
         driver = side.factory()
         try:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
                 await driver.open()
         except Exception as exc:
             side.target.status = "error"
             side.target.reason = f"cannot connect: {type(exc).__name__}: {exc}"
             progress.note(f"{side.target.id}: {side.target.reason}")
-            with contextlib.suppress(Exception):
-                await driver.close()
+            await _within(
+                driver.close(), config.cleanup_timeout_s, f"closing {side.target.id}", warn
+            )
             continue
         side.driver = driver
         with contextlib.suppress(Exception):
-            info = await driver.broker_info()
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                info = await driver.broker_info()
             for key, value in info.items():
                 broker.setdefault(key, value)
     for side in sides:
         side.target.broker = broker
 
-    return _Backend(plan, sides, proc)
+    return _Backend(plan, sides, proc, config)
 
 
 async def _run_round(
@@ -375,9 +513,12 @@ async def _run_round(
     rounds: int,
     run_id: str,
     progress: Progress,
+    warn: Warn,
 ) -> None:
     """One pass through the round's workloads, both sides of each in turn."""
     started = time.monotonic()
+    bound = round_config.workload_timeout_s * WORKLOAD_BOUND
+    allowance = round_config.cleanup_timeout_s
     for workload in round_config.workloads:
         for side in b.sides:
             label = f"{side.target.id:<14} {workload}"
@@ -404,14 +545,27 @@ async def _run_round(
             func = WORKLOAD_FUNCS[workload]
             began = time.monotonic()
             try:
-                async with asyncio.timeout(round_config.workload_timeout_s * 2):
+                async with asyncio.timeout(bound):
                     result = await func(ctx)
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                result = [Point(workload, {}, error=message)]
+                if isinstance(exc, TimeoutError) and not str(exc):  # the bound above
+                    message = (
+                        f"TimeoutError: the workload took over {bound:g} s "
+                        f"({WORKLOAD_BOUND} x workload_timeout_s)"
+                    )
+                # the round it failed in: a ratio pairs only sides that failed alike
+                failed = _FAILED_IN.format(round_index + 1, rounds)
+                result = [Point(workload, {}, notes=[failed], error=message)]
             finally:
-                await ctx.aclose()
-                await _cleanup(ctx, side, b.plan.backend, progress)
+                where = f"{side.target.id} {workload}"
+                await _within(ctx.aclose(), allowance, f"closing {where}'s connections", warn)
+                await _within(
+                    side.driver.cleanup(ctx.topics, sorted(ctx.groups)),
+                    allowance,
+                    f"cleanup after {where}",
+                    warn,
+                )
                 spent_here = side.target.workload_s.get(workload, 0.0)
                 spent_here += time.monotonic() - began
                 side.target.workload_s[workload] = round(spent_here, 1)
@@ -422,15 +576,44 @@ async def _run_round(
         side.target.duration_s = round(side.target.duration_s + spent, 1)
 
 
-async def _close_backend(b: _Backend, points: list[PointResult]) -> None:
-    """Merge each side's rounds into its figures and disconnect."""
+async def _close_backend(b: _Backend, points: list[PointResult], warn: Warn) -> None:
+    """Merge each side's rounds into its figures and disconnect (each close bounded
+    by ``cleanup_timeout_s``)."""
     for side in b.sides:
         for point in merge_rounds(b.collected[side.target.id]):
             points.append(_summarize(point, side.target))
         if side.driver is not None:
-            side.target.settings = side.driver.settings()
-            with contextlib.suppress(Exception):
-                await side.driver.close()
+            side.target.settings = {**side.target.settings, **side.driver.settings()}
+            await _within(
+                side.driver.close(), b.config.cleanup_timeout_s, f"closing {side.target.id}", warn
+            )
+
+
+def _decided_config(
+    config: BenchConfig, backends: Sequence[_Backend], warn: Warn
+) -> dict[str, Any]:
+    """``config`` as the results record it, with each setting decided per broker (left
+    None in ``config``, e.g. ``kafka.session_timeout_ms``) filled in where every broker
+    that needed it got the same value; where they differ, a warning names each value
+    (the targets' settings hold what each side used)."""
+    out = config.model_dump(mode="json")
+    for section in ("kafka", "rabbitmq", "nats"):
+        given = out[section]
+        decided: dict[str, dict[str, Any]] = {}
+        for b in backends:
+            if b.plan.backend != section:
+                continue
+            mine = b.config.model_dump(mode="json")[section]
+            for name, value in mine.items():
+                if given.get(name) is None and value is not None:
+                    decided.setdefault(name, {})[b.plan.id] = value
+        for name, per in decided.items():
+            values = set(map(repr, per.values()))
+            if len(values) == 1:
+                given[name] = next(iter(per.values()))
+            else:
+                warn(f"{section}.{name} decided per broker: {per}")
+    return out
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -503,8 +686,29 @@ def _summarize(point: Point, target: TargetResult) -> PointResult:
     )
 
 
+#: The note of a workload's error point: the round (1-based) it failed in, of how many.
+_FAILED_IN = "failed in round {} of {}"
+
+
+def _failed_rounds(points: Sequence[PointResult]) -> dict[tuple[str, str, str], list[str]]:
+    """(backend, workload, side) -> the rounds that workload failed in on that side
+    (``_FAILED_IN`` notes; ``["?"]`` for results written without them)."""
+    out: dict[tuple[str, str, str], list[str]] = {}
+    prefix = _FAILED_IN.split("{")[0]
+    for p in points:
+        if p.error:
+            rounds = sorted(n[len(prefix) :] for n in p.notes if n.startswith(prefix))
+            out.setdefault((p.backend, p.workload, p.side), []).extend(rounds or ["?"])
+    return out
+
+
 def compute_ratios(points: Sequence[PointResult]) -> list[Ratio]:
-    """Library / raw of each workload's headline metric, per backend and parameters."""
+    """Library / raw of each workload's headline metric, per backend and parameters.
+
+    Where the workload failed in a round on one side and not on the other (or in
+    other rounds), the two medians hold runs of different rounds: the ratio is
+    marked ``partial`` and judged ``inconclusive`` at most."""
+    failed = _failed_rounds(points)
     by_key: dict[tuple[str, str, str], dict[str, PointResult]] = {}
     for p in points:
         if p.error:
@@ -535,6 +739,15 @@ def compute_ratios(points: Sequence[PointResult]) -> list[Ratio]:
             low, high = b.min / r.max, b.max / r.min
             iqr_low = b.q1 / r.q3 if r.q3 else low
             iqr_high = b.q3 / r.q1 if r.q1 else high
+            partial = ""
+            bus_failed = failed.get((backend, workload, "bus"), [])
+            raw_failed = failed.get((backend, workload, "raw"), [])
+            if bus_failed != raw_failed:
+                said = [
+                    ", ".join(f"round {r}" for r in f) or "no round"
+                    for f in (bus_failed, raw_failed)
+                ]
+                partial = f"bus failed in {said[0]}, raw in {said[1]}"
             meets = None
             verdict: Literal["meets", "misses", "inconclusive"] | None = None
             if target is not None:
@@ -545,6 +758,8 @@ def compute_ratios(points: Sequence[PointResult]) -> list[Ratio]:
                     else (iqr_high <= target, iqr_low > target)
                 )
                 verdict = "meets" if good else "misses" if bad else "inconclusive"
+                if partial:  # the sides' runs are of different minutes of the machine
+                    verdict = "inconclusive"
             ratios.append(
                 Ratio(
                     backend=backend,
@@ -562,6 +777,7 @@ def compute_ratios(points: Sequence[PointResult]) -> list[Ratio]:
                     better="higher" if better == "higher" else "lower",
                     meets=meets,
                     verdict=verdict,
+                    partial=partial,
                 )
             )
     return ratios
@@ -574,8 +790,12 @@ async def run_benchmarks(
     progress: Progress | None = None,
     command: Sequence[str] = (),
 ) -> Results:
-    """Measure every plan's backend (and its raw client) with ``config``."""
+    """Measure every plan's backend (and its raw client) with ``config``: each broker
+    once, under a unique id (:func:`dedupe_plans`); what the run warned about (plans
+    left out, clean-ups that failed or overran, settings that differ between the
+    sides) is in ``Results.warnings``."""
     progress = progress or Progress(0, enabled=False)
+    plans, dropped = dedupe_plans(plans)
     sides_per = [(1 if p.backend == "memory" or not config.raw else 2) for p in plans]
     per_round = sum(len(c.workloads) for c in round_configs(config))
     progress.total = max(1, sum(sides_per) * per_round)
@@ -586,6 +806,14 @@ async def run_benchmarks(
     targets: list[TargetResult] = []
     points: list[PointResult] = []
     probes: list[Probe] = []
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        progress.note(text)
+        warnings.append(text)
+
+    for text in dropped:
+        warn(text)
     # Rounds are the outer loop: a figure's runs are split over passes through every
     # backend, minutes apart, so its spread holds the machine's drift over the whole
     # run (a broker's speed moves between minutes; back-to-back runs hide that).
@@ -596,28 +824,32 @@ async def run_benchmarks(
             progress.note(f"idle CPUs will halt: {poll_idle.status}")
         try:
             for plan in plans:
-                opened = await _open_backend(plan, config, progress, targets)
+                opened = await _open_backend(plan, config, progress, targets, warn)
                 if opened is not None:
                     backends.append(opened)
             rounds = round_configs(config)
             for round_index, round_config in enumerate(rounds):
                 for b in backends:
-                    probe = Probe(backend=b.plan.backend, round=round_index, items_s=cpu_probe())
+                    probe = Probe(backend=b.plan.id, round=round_index, items_s=cpu_probe())
                     probes.append(probe)
-                    await _run_round(b, round_config, round_index, len(rounds), run_id, progress)
+                    await _run_round(
+                        b, round_config, round_index, len(rounds), run_id, progress, warn
+                    )
         finally:
             for b in backends:
-                await _close_backend(b, points)
+                await _close_backend(b, points, warn)
     environment["load_average_end"] = load_average()
+    recorded = _decided_config(config, backends, warn)
     return Results(
         profile=config.profile,
         command=list(command),
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.monotonic() - t0, 1),
-        config=config.model_dump(mode="json"),
+        config=recorded,
         environment=environment,
         targets=targets,
         points=points,
         ratios=compute_ratios(points),
         probes=probes,
+        warnings=warnings,
     )

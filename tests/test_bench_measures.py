@@ -208,3 +208,31 @@ def test_the_tansu_label_belongs_to_the_run_that_used_tansu(tmp_path: Path) -> N
     kafka = write_report(run("Apache Kafka 3.7"), out / "b", conformance_dir=out / "none")
     assert "Kafka (Tansu)" in tansu
     assert "Tansu" not in kafka.read_text()
+
+
+def test_the_report_shows_the_runs_warnings_and_does_not_judge_a_partial_ratio() -> None:
+    results = _results([], ["redis"])
+    results.warnings = ["redis://127.0.0.1:6379/0 and redis://localhost:6379/0: measured once"]
+    results.ratios = [
+        Ratio(
+            backend="redis",
+            workload="consume_ack",
+            params={"size": 1024},
+            metric="msg_s",
+            bus=70.0,
+            raw=100.0,
+            ratio=0.7,
+            low=0.6,
+            high=0.8,
+            target=0.7,
+            meets=True,
+            verdict="inconclusive",
+            partial="bus failed in round 2 of 3, raw in no round",
+        )
+    ]
+    text = render_markdown(results, {}, {})
+    assert "## Warnings of this run" in text
+    assert "- redis://127.0.0.1:6379/0 and redis://localhost:6379/0: measured once" in text
+    row = next(line for line in text.splitlines() if line.startswith("| Redis Streams | "))
+    assert "not judged (target ≥ 0.7; bus failed in round 2 of 3, raw in no round)" in row
+    assert "Targets met" not in text

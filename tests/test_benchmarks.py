@@ -540,3 +540,321 @@ def test_bus_bench_dispatches_to_the_benchmarks(capsys: pytest.CaptureFixture[st
     assert shown["profile"] == "full"
     assert shown["latency"]["rates"] == [500, 2000, 10_000]
     assert bus_main(["bench", "--set", "no.such=1"]) == 2
+
+
+# -- reviewed defects (issue 7 findings 4, 6, 8-12) ---------------------------------------
+
+#: A run of one tiny workload on memory:// (no broker, no root).
+SMALL = [
+    "workloads=confirmed_publish",
+    "runs=1",
+    "rounds=1",
+    "warmup_runs=0",
+    "confirmed_publish.count=5",
+    "poll_idle=false",
+]
+
+
+async def test_one_broker_is_measured_once_and_brokers_of_one_kind_get_unique_ids() -> None:
+    """Two URLs of one broker (`--all` and the same Redis with its default database
+    spelled out, or a local name) are one plan, with a warning; two brokers of one
+    kind get ids ``redis`` and ``redis#2`` in every place a backend is named, so
+    their figures and ratios never mix."""
+    from benchmarks.runner import BackendPlan, dedupe_plans, plan_urls, run_benchmarks
+
+    provisioned = BackendPlan("redis", "redis://127.0.0.1:6379", origin="found")
+    failed = BackendPlan("kafka", "kafka://", origin="unavailable", reason="no tansu")
+    plans, warnings = dedupe_plans(
+        [
+            provisioned,
+            failed,
+            *plan_urls(
+                [
+                    "redis://127.0.0.1:6379/0",  # the same broker and database
+                    "redis://localhost",  # again
+                    "redis://127.0.0.1:6380",  # another broker
+                    "redis://127.0.0.1:6379/1",  # another database
+                    "kafka://10.0.0.9:9092",  # a Kafka that is there
+                    "amqp://guest:secret@127.0.0.1:5672/",  # vhost "/", as below
+                    "amqp://guest:secret@localhost",
+                ]
+            ),
+        ]
+    )
+    assert [(p.id, p.url) for p in plans] == [
+        ("redis", "redis://127.0.0.1:6379"),  # the first keeps the kind as its id
+        ("redis#2", "redis://127.0.0.1:6380"),
+        ("redis#3", "redis://127.0.0.1:6379/1"),
+        ("kafka", "kafka://10.0.0.9:9092"),  # the failed provisioning gave way
+        ("rabbitmq", "amqp://guest:secret@127.0.0.1:5672/"),
+    ]
+    assert len(warnings) == 4
+    assert not any("secret" in w for w in warnings)
+
+    # a run: two in-process brokers of one kind, and the first again
+    config = apply_overrides(profile("quick"), SMALL)
+    results = await run_benchmarks(plan_urls(["memory://a", "memory://a", "memory://b"]), config)
+    assert [(t.id, t.backend) for t in results.targets] == [
+        ("memory/bus", "memory"),
+        ("memory#2/bus", "memory#2"),
+    ]
+    assert sorted((p.target, p.backend) for p in results.points) == [
+        ("memory#2/bus", "memory#2"),
+        ("memory/bus", "memory"),
+    ]
+    assert sorted(p.backend for p in results.probes) == ["memory", "memory#2"]
+    assert results.warnings == ["memory: memory://a is the broker of memory://a: measured once"]
+
+    # ratios pair the sides of one broker only
+    def point(backend: str, side: str, value: float) -> PointResult:
+        return PointResult(
+            target=f"{backend}/{side}",
+            backend=backend,
+            side=side,  # type: ignore[arg-type]
+            workload="consume_ack",
+            params={"size": 1024},
+            metrics={"msg_s": summarize([value] * 3)},
+        )
+
+    ratios = compute_ratios(
+        [
+            point("redis", "raw", 200.0),
+            point("redis", "bus", 140.0),
+            point("redis#2", "raw", 100.0),
+            point("redis#2", "bus", 90.0),
+        ]
+    )
+    assert sorted((r.backend, r.ratio) for r in ratios) == [("redis", 0.7), ("redis#2", 0.9)]
+
+
+async def test_cleanup_and_close_are_bounded_and_so_is_the_workload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that stops answering hangs neither the workload (cut off at twice
+    ``workload_timeout_s``, said so) nor its clean-up or the final close (each given
+    ``cleanup_timeout_s``, then abandoned with a warning)."""
+    import asyncio
+
+    import benchmarks.runner as runner
+    from benchmarks.drivers.base import Consumer, Driver
+
+    class Stalled(Driver):
+        side = "raw"
+
+        async def _forever(self) -> None:
+            await asyncio.Event().wait()
+
+        async def open(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            await self._forever()
+
+        async def declare(self, topic: str, groups: Sequence[str]) -> None:
+            pass
+
+        async def publish(self, topic: str, payload: bytes) -> None:
+            await self._forever()
+
+        async def publish_batch(self, topic: str, payloads: Sequence[bytes]) -> None:
+            await self._forever()
+
+        def consumer(self, topic: str, group: str, prefetch: int) -> Consumer:
+            raise NotImplementedError
+
+        async def cleanup(self, topics: Sequence[str], groups: Sequence[str]) -> None:
+            await self._forever()
+
+    monkeypatch.setattr(
+        runner, "raw_factory", lambda backend, url, config: lambda: Stalled(backend, url)
+    )
+    config = apply_overrides(
+        profile("quick"), [*SMALL, "workload_timeout_s=0.2", "cleanup_timeout_s=0.2"]
+    )
+    results = await asyncio.wait_for(
+        runner.run_benchmarks(runner.plan_urls(["memory://"]), config), 30
+    )
+    (stalled,) = [p for p in results.points if p.target == "memory/raw"]
+    assert stalled.error == ("TimeoutError: the workload took over 0.4 s (2 x workload_timeout_s)")
+    assert [w.split(":")[0] for w in results.warnings] == [
+        "cleanup after memory/raw confirmed_publish",
+        "closing memory/raw",
+    ]
+    assert all("gave up after 0.2 s" in w for w in results.warnings)
+    (library,) = [p for p in results.points if p.target == "memory/bus"]
+    assert library.error is None
+
+
+def test_bench_exit_status_says_whether_every_target_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 (after writing the results) when a target could not connect; a missing
+    ``--compare`` or ``--report-only`` file is bad usage (2), found before measuring."""
+    small = [arg for item in SMALL for arg in ("--set", item)]
+    out = tmp_path / "a"
+    assert main(["foo://nowhere", *small, "--quiet", "--out", str(out)]) == 1
+    (target,) = Results.read(out / "results.json").targets
+    assert target.status == "error"
+    assert (out / "report.md").exists()
+
+    missing = tmp_path / "nope.json"
+    out = tmp_path / "b"
+    assert main(["memory://", *small, "--quiet", "--out", str(out), "--compare", str(missing)]) == 2
+    assert not out.exists()  # nothing was measured
+    assert f"--compare {missing}: No such file or directory" in capsys.readouterr().err
+    assert main(["--report-only", str(missing), "--out", str(tmp_path / "c")]) == 2
+    assert f"--report-only {missing}" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{}")
+    assert main(["--report-only", str(tmp_path / "junk.json"), "--out", str(tmp_path)]) == 2
+    assert "not a results file" in capsys.readouterr().err
+    # a clean run still exits 0
+    assert main(["memory://", *small, "--quiet", "--out", str(tmp_path / "d")]) == 0
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "scaling.consumers=0",
+        "sizes.sizes=0",
+        "latency.rates=0",
+        "latency.rates=-5",
+        "latency.rates=500,0",
+        "latency.rates=[]",
+        "scaling.consumers=[]",
+        "sizes.sizes=[]",
+        "workloads=[]",
+    ],
+)
+def test_list_settings_need_items_of_at_least_one(setting: str) -> None:
+    key = setting.partition("=")[0]
+    with pytest.raises(ValueError, match=f"invalid settings: {key}"):
+        apply_overrides(profile("quick"), [setting])
+
+
+async def test_library_options_by_kind_or_scheme_and_what_the_sides_used() -> None:
+    """``library_options`` is keyed by broker kind or URL scheme; one that overrides a
+    setting the raw side shares is warned about and recorded; settings decided per
+    broker (Kafka's session timeout on Tansu) are written into the results' config."""
+    from benchmarks.progress import Progress
+    from benchmarks.runner import (
+        BackendPlan,
+        _Backend,
+        _decided_config,
+        _open_backend,
+        for_broker,
+        library_options,
+    )
+
+    config = apply_overrides(
+        profile("quick"),
+        [
+            "library_options.amqp.publish_window=10",  # by scheme
+            "library_options.rabbitmq.publish_window=5",  # by kind: the scheme wins
+            "library_options.rabbitmq.prefetch_max=7",
+            "library_options.kafka.fetch_max_wait_ms=500",  # the raw side uses 10
+        ],
+    )
+    options, differs = library_options("rabbitmq", "amqp://127.0.0.1", config)
+    assert (options["publish_window"], options["prefetch_max"]) == (10, 7)
+    assert differs == {}
+    options, differs = library_options("kafka", "kafka://127.0.0.1:9092", config)
+    assert options["fetch_max_wait_ms"] == 500
+    assert differs == {"fetch_max_wait_ms": {"bus": 500, "raw": 10}}
+
+    targets: list[TargetResult] = []
+    warnings: list[str] = []
+    plan = BackendPlan("kafka", "kafka://127.0.0.1:1", origin="unavailable", reason="no broker")
+    await _open_backend(plan, config, Progress(0, enabled=False), targets, warnings.append)
+    bus_side = next(t for t in targets if t.side == "bus")
+    assert bus_side.settings["differs_from_raw"] == differs
+    assert warnings == [
+        "kafka: library option fetch_max_wait_ms=500 overrides the raw side's 10: "
+        "the two sides do not run with the same settings"
+    ]
+
+    def opened(plan: BackendPlan, implementation: str) -> _Backend:
+        decided = for_broker(config, plan, {"implementation": implementation})
+        return _Backend(plan, [], None, decided)
+
+    tansu = opened(plan, "Tansu (Kafka protocol, memory storage)")
+    recorded = _decided_config(config, [tansu], warnings.append)
+    assert recorded["kafka"]["session_timeout_ms"] == 2000
+    assert config.kafka.session_timeout_ms is None  # decided per broker, not given
+    other = opened(BackendPlan("kafka", "kafka://10.0.0.9", id="kafka#2"), "Kafka protocol")
+    warnings.clear()
+    recorded = _decided_config(config, [tansu, other], warnings.append)
+    assert recorded["kafka"]["session_timeout_ms"] is None
+    assert warnings == [
+        "kafka.session_timeout_ms decided per broker: {'kafka': 2000, 'kafka#2': 6000}"
+    ]
+
+
+async def test_raw_kafka_cleanup_deletes_its_consumer_groups() -> None:
+    """The raw Kafka side deletes its run's consumer groups (DeleteGroups to each
+    group's coordinator, as the library backend does), not only its topics."""
+    from benchmarks.config import Kafka
+    from benchmarks.drivers.raw_kafka import KafkaRawDriver
+
+    calls: list[tuple[str, object]] = []
+
+    class Response:
+        def __init__(self, results: list[tuple[str, int]]) -> None:
+            self.results = results
+
+    class Admin:
+        refuse: set[str] = set()
+
+        async def delete_topics(self, topics: list[str]) -> None:
+            calls.append(("delete_topics", topics))
+
+        async def find_coordinator(self, group: str) -> int:
+            return 1 if group.endswith("1") else 2
+
+        async def _send_request_to_node(self, node: int, request: object) -> Response:
+            names = list(request._group_names)  # type: ignore[attr-defined]
+            calls.append((f"{type(request).__name__} to {node}", names))
+            return Response([(n, 68 if n in self.refuse else 0) for n in names])
+
+    driver = KafkaRawDriver("kafka", "kafka://127.0.0.1:9092", Kafka())
+    admin = Admin()
+    driver._admin = admin  # type: ignore[assignment]
+    await driver.cleanup(["bench.x.raw.ca"], ["g-x-1", "g-x-2", "g-y-1"])
+    assert calls == [
+        ("delete_topics", ["bench.x.raw.ca"]),
+        ("DeleteGroupsRequest to 1", ["g-x-1", "g-y-1"]),
+        ("DeleteGroupsRequest to 2", ["g-x-2"]),
+    ]
+    admin.refuse = {"g-x-2"}
+    with pytest.raises(RuntimeError, match=r"g-x-2 \(error 68\)"):
+        await driver.cleanup([], ["g-x-2"])
+
+
+def test_a_ratio_over_rounds_one_side_failed_is_partial() -> None:
+    """A workload that failed in round 2 on the library side only: its figures hold
+    rounds 1 and 3, the raw client's rounds 1-3, so their ratio is marked partial
+    and not judged; when both sides failed in the same round it is not partial."""
+    from benchmarks.runner import _summarize
+
+    def run(side: str, failing: set[int]) -> list[PointResult]:
+        target = TargetResult(id=f"redis/{side}", backend="redis", side=side, url="x")  # type: ignore[arg-type]
+        rounds: list[Point] = []
+        for r in range(3):
+            if r in failing:
+                rounds.append(
+                    Point(
+                        "consume_ack",
+                        {},
+                        notes=[f"failed in round {r + 1} of 3"],
+                        error="TimeoutError: only 10 of 1000 messages within 120s",
+                    )
+                )
+            else:
+                value = 100.0 if side == "bus" else 110.0
+                rounds.append(Point("consume_ack", {"size": 1024}, {"msg_s": [value, value]}))
+        return [_summarize(p, target) for p in merge_rounds(rounds)]
+
+    (ratio,) = compute_ratios(run("bus", {1}) + run("raw", set()))
+    assert ratio.partial == "bus failed in round 2 of 3, raw in no round"
+    assert ratio.verdict == "inconclusive"  # 0.91 would meet 0.7 on the figures alone
+    (ratio,) = compute_ratios(run("bus", {1}) + run("raw", {1}))
+    assert (ratio.partial, ratio.verdict) == ("", "meets")

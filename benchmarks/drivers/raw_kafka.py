@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from backends.kafka.records import PREFIX, encode_headers
 from benchmarks.config import Kafka
@@ -22,6 +23,8 @@ from benchmarks.drivers.base import Consumer, Driver, OnMessage, envelope_messag
 __all__ = ["KafkaRawDriver", "bootstrap"]
 
 _ID, _TIME = f"{PREFIX}id", f"{PREFIX}time"
+#: DeleteGroups: the group does not exist (nothing to delete).
+_ERR_GROUP_NOT_FOUND = 69
 
 
 def bootstrap(url: str) -> str:
@@ -163,9 +166,37 @@ class KafkaRawDriver(Driver):
         return _KafkaConsumer(self.servers, topic, group, prefetch, self.cfg)
 
     async def cleanup(self, topics: Sequence[str], groups: Sequence[str]) -> None:
-        if self._admin is not None and topics:
+        """Delete the workload's topics, then its consumer groups with their committed
+        offsets (each group id is unique to a run, so none is used again: left behind,
+        they would pile up on the broker), as the library's ``delete_topic`` does.
+        Raises ``RuntimeError`` naming each group the broker refused to delete."""
+        if self._admin is None:
+            return
+        if topics:
             with contextlib.suppress(Exception):
                 await self._admin.delete_topics(list(topics))
+        if groups:
+            await self._delete_groups(groups)
+
+    async def _delete_groups(self, ids: Sequence[str]) -> None:
+        # aiokafka's admin client has no delete_consumer_groups: DeleteGroups (API 42)
+        # goes to each group's coordinator through the client's request path, as in
+        # backends.kafka.
+        admin = self._admin
+        assert admin is not None
+        by_node: dict[int, list[str]] = {}
+        for gid in ids:
+            by_node.setdefault(await admin.find_coordinator(gid), []).append(gid)
+        refused = []
+        for node, names in by_node.items():
+            response = await admin._send_request_to_node(node, DeleteGroupsRequest(names))
+            refused += [
+                f"{name} (error {code})"
+                for name, code in response.results
+                if code not in (0, _ERR_GROUP_NOT_FOUND)
+            ]
+        if refused:
+            raise RuntimeError(f"kafka refused to delete consumer groups: {', '.join(refused)}")
 
     def settings(self) -> dict[str, Any]:
         return {
