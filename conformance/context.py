@@ -40,6 +40,16 @@ class IsolatedBroker:
     keeps_data: bool = True
     """False when a restart loses stored messages (memory-only brokers such as Tansu):
     the restart scenario then checks recovery, not retention across the restart."""
+    plain: bool = False
+    """A single-node loopback broker without TLS or credentials (one the suite started
+    itself): the suite's options that say how the broker under test is reached or
+    deployed are not applied to it (see :meth:`Context.connect_isolated`)."""
+
+
+#: Option names that describe how the broker under test is reached or deployed:
+#: transport security, credentials, cluster mode, replication.
+_DEPLOYMENT_PREFIXES = ("tls_", "ssl_", "sasl_")
+_DEPLOYMENT_NAMES = frozenset({"security_protocol", "cluster", "replicas", "replication_factor"})
 
 
 IsolatedBrokerFactory = Callable[[], contextlib.AbstractAsyncContextManager[IsolatedBroker]]
@@ -84,6 +94,21 @@ class Context:
 
     async def connect(self, url: str | None = None, **options: Any) -> bus.Bus:
         b = await bus.connect(url or self.url, **{**self.options, **options})
+        self._buses.append(b)
+        return b
+
+    async def connect_isolated(self, broker: IsolatedBroker, **options: Any) -> bus.Bus:
+        """Connect to an isolated broker with the suite's options and ``options``; to a
+        ``plain`` one without the suite's TLS, SASL, cluster and replication options
+        (a rediss:// broker's CA file would make the plain redis:// one refuse)."""
+        base = self.options
+        if broker.plain:
+            base = {
+                k: v
+                for k, v in base.items()
+                if not k.startswith(_DEPLOYMENT_PREFIXES) and k not in _DEPLOYMENT_NAMES
+            }
+        b = await bus.connect(broker.url, **{**base, **options})
         self._buses.append(b)
         return b
 

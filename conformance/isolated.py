@@ -47,7 +47,7 @@ async def _memory() -> AsyncIterator[IsolatedBroker]:
     async def do_restart() -> None:
         await restart(name, downtime=1.0)
 
-    yield IsolatedBroker(f"memory://{name}", do_restart, keeps_data=True)
+    yield IsolatedBroker(f"memory://{name}", do_restart, keeps_data=True, plain=True)
 
 
 def _private(kind: str) -> IsolatedBrokerFactory:
@@ -65,7 +65,7 @@ def _private(kind: str) -> IsolatedBrokerFactory:
                 await asyncio.to_thread(broker.restart)
 
             # Tansu (the local Kafka-protocol broker) stores in memory only.
-            yield IsolatedBroker(broker.url, do_restart, keeps_data=kind != "kafka")
+            yield IsolatedBroker(broker.url, do_restart, keeps_data=kind != "kafka", plain=True)
         finally:
             await asyncio.to_thread(broker.stop)
 

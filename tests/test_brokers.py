@@ -532,6 +532,33 @@ def test_restart_scenario_skips_when_no_private_broker_can_start(
     assert "no redis-server binary" in result.reason
 
 
+@pytest.mark.slow
+def test_restart_scenario_leaves_the_suites_tls_options_off_its_plain_broker() -> None:
+    """The suite runs against a TLS broker (rediss://, with a CA file): the restart
+    scenario's own broker is a plain local redis-server, so it is reached without
+    those options (with them, the connect was refused: ConfigurationError, fail)."""
+    from bus.registry import resolve
+    from conformance._scenario import SCENARIOS
+    from conformance.isolated import factory_for
+    from conformance.runner import run_scenario, scenarios
+
+    scenarios()
+    url = "rediss://127.0.0.1:6380/0"  # the broker under test: not contacted here
+    result = asyncio.run(
+        run_scenario(
+            SCENARIOS["reconnect_after_restart"],
+            url,
+            options={"tls_ca_file": "/etc/ssl/certs/ca-certificates.crt"},
+            isolated=factory_for(url),
+            capabilities=resolve(url).capabilities,
+            max_message_bytes=1 << 20,
+        )
+    )
+    if result.status == "skip":  # no redis-server here: said why (a fail under CI=true)
+        pytest.skip(result.reason)
+    assert result.status == "pass", result.reason
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -53,7 +53,7 @@ async def reconnect_after_restart(ctx: Context) -> str:
     confirmed message is delivered (where the broker keeps data across restarts)."""
     expect(ctx.isolated is not None, "needs an isolated broker")
     async with ctx.isolated_broker() as broker:
-        b = await ctx.connect(broker.url, operation_timeout=60.0)
+        b = await ctx.connect_isolated(broker, operation_timeout=60.0)
         topic, group = ctx.topic("restart"), ctx.group()
         await b.declare(topic, groups=[group])
         confirmed: list[str] = []
