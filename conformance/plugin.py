@@ -39,11 +39,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from conformance.runner import scenarios
 
         wanted = set(metafunc.config.getoption("--bus-scenario"))
-        names = [s.name for s in scenarios() if not wanted or s.name in wanted]
-        metafunc.parametrize("bus_scenario", names)
-    if "bus_url" in metafunc.fixturenames and metafunc.config.getoption("--bus-url"):
-        urls = metafunc.config.getoption("--bus-url")
+        known = [s.name for s in scenarios()]
+        if unknown := sorted(wanted - set(known)):
+            # a typo would otherwise select nothing and pass
+            raise pytest.UsageError(
+                f"--bus-scenario: no scenario named {', '.join(unknown)}; "
+                f"known: {', '.join(known)}"
+            )
+        metafunc.parametrize("bus_scenario", [n for n in known if not wanted or n in wanted])
+    urls = metafunc.config.getoption("--bus-url")
+    if "bus_url" in metafunc.fixturenames and urls:
         metafunc.parametrize("bus_url", urls, ids=[_url_id(u) for u in urls])
+    elif metafunc.module.__name__ == "conformance.test_suite" and not urls:
+        # the shipped suite has no bus_url of its own (a module importing test_scenario
+        # provides one): without --bus-url every scenario would error alike
+        raise pytest.UsageError("pytest --pyargs conformance needs --bus-url URL")
 
 
 def _url_id(url: str) -> str:

@@ -305,3 +305,34 @@ def test_capabilities_show_a_backend_without_its_client_library() -> None:
     assert "kafka" not in header
     assert "- **kafka**: not installed" in result.stdout
     assert "bus-messaging[kafka]" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--bus-url", "memory://", "--bus-scenario", "nosuch"], "no scenario named nosuch"),
+        ([], "needs --bus-url URL"),
+    ],
+)
+def test_the_pytest_plugin_refuses_what_would_select_nothing(args: list[str], said: str) -> None:
+    """A mistyped scenario name, or the shipped suite without --bus-url, is a usage
+    error (the typo ran nothing and passed; the missing URL errored 43 times alike)."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "conformance",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1] / "tests",
+    )
+    assert run.returncode != 0, run.stdout
+    assert said in run.stdout + run.stderr
