@@ -43,8 +43,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if unknown := sorted(wanted - set(known)):
             # a typo would otherwise select nothing and pass
             raise pytest.UsageError(
-                f"--bus-scenario: no scenario named {', '.join(unknown)}; "
-                f"known: {', '.join(known)}"
+                f"--bus-scenario: no scenario named {', '.join(unknown)}; known: {', '.join(known)}"
             )
         metafunc.parametrize("bus_scenario", [n for n in known if not wanted or n in wanted])
     urls = metafunc.config.getoption("--bus-url")
