@@ -255,7 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf.add_argument("url", help="bus URL, e.g. memory:// or redis://127.0.0.1:6379/0")
     conf.add_argument("--json", metavar="FILE", help="results file (default bus-results/...)")
     conf.add_argument("--only", action="append", metavar="NAME", help="run only this scenario")
-    conf.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE")
+    conf.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a backend option; VALUE is read as JSON when it parses (64, true, [1]), else as text",
+    )
     conf.add_argument(
         "-v", "--verbose", action="store_true", help="progress and the library's log on stderr"
     )
