@@ -214,6 +214,13 @@ class BenchConfig(_Model):
     by a varying amount (between two runs of the same code, figures moved a median
     12-13 % halting and 4.7-5.6 % polling). Off: the figures include those delays, as
     on an idling host."""
+    freeze_heap: bool = True
+    """Before each run, collect garbage and freeze the harness's heap
+    (:mod:`benchmarks.heap`), so that a full collection falling inside a run traverses
+    what the run allocated, not every object of the process (the client libraries of
+    five brokers, the results so far): such a collection took up to 167 ms, most of a
+    0.2 s run. Off: each run pays for collections sized by the whole harness, wherever
+    they happen to fall."""
     message_size: int = pydantic.Field(default=1024, ge=16)
     prefetch: int = pydantic.Field(default=256, ge=1, le=10_000)
     """Deliveries a consumer may hold unsettled (both sides: prefetch, count, batch)."""

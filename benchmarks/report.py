@@ -956,6 +956,22 @@ def _poll_idle_line(results: Results) -> str:
     return ""  # results of a version before poll_idle
 
 
+def _heap_line(cfg: dict[str, Any]) -> list[str]:
+    """Whether each run began on a collected, frozen heap (``freeze_heap``)."""
+    if "freeze_heap" not in cfg:
+        return []  # results of a version before freeze_heap
+    if cfg["freeze_heap"]:
+        return [
+            "- heap: before each run the harness collected garbage and froze what was "
+            "alive (`gc.freeze`, `freeze_heap`), so a run's collections traverse what it "
+            "allocates, not the whole process."
+        ]
+    return [
+        "- heap: not frozen (`freeze_heap` off): a run's full collections traverse the "
+        "whole process."
+    ]
+
+
 def _run_length_line(cfg: dict[str, Any]) -> str:
     """How the counted workloads' run lengths were sized (``min_run_s``, ``max_run_s``)."""
     shortest, longest, scale = cfg.get("min_run_s"), cfg.get("max_run_s"), cfg.get("max_run_scale")
@@ -1030,6 +1046,7 @@ def _settings_section(results: Results) -> str:
             else ""
         ),
         _run_length_line(cfg),
+        *_heap_line(cfg),
         f"- message size {cfg.get('message_size')} B unless stated; prefetch {cfg.get('prefetch')} "
         "on both sides (library `prefetch`, Redis XREADGROUP COUNT, RabbitMQ basic.qos, "
         "NATS fetch batch, Kafka max_records).",

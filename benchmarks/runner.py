@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from benchmarks import heap
 from benchmarks.brokercost import find_listener
 from benchmarks.config import BenchConfig, session_timeout_for
 from benchmarks.drivers.base import Driver, Side
@@ -571,6 +572,8 @@ async def _run_round(
                 side.target.workload_s[workload] = round(spent_here, 1)
             b.collected[side.target.id].extend(result)
             progress.finish(_headline(result))
+    if round_config.freeze_heap:
+        heap.release()  # what the pass left as garbage (closed connections) goes now
     spent = time.monotonic() - started
     for side in b.sides:
         side.target.duration_s = round(side.target.duration_s + spent, 1)
@@ -836,6 +839,8 @@ async def run_benchmarks(
                         b, round_config, round_index, len(rounds), run_id, progress, warn
                     )
         finally:
+            if config.freeze_heap:
+                heap.release()  # a pass cut short leaves its objects frozen otherwise
             for b in backends:
                 await _close_backend(b, points, warn)
     environment["load_average_end"] = load_average()

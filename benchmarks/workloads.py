@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import bus
+from benchmarks import heap
 from benchmarks.brokercost import CostMeter, CostSample
 from benchmarks.config import BenchConfig
 from benchmarks.drivers.base import Consumer, Driver
@@ -127,6 +128,15 @@ class Context:
     def detail(self, text: str) -> None:
         if self.progress is not None:
             self.progress.detail(text)
+
+    def begin(self, text: str) -> None:
+        """A run (or a timed stretch) starts: show ``text`` as its progress and, with
+        ``freeze_heap``, collect and freeze the heap (:func:`benchmarks.heap.settle`),
+        so that each run starts from the same collector state and its collections
+        traverse only what it allocates. Called outside every clock."""
+        self.detail(text)
+        if self.config.freeze_heap:
+            heap.settle()
 
     async def extra_driver(self) -> Driver:
         """Another open connection of the same side (closed after the workload)."""
@@ -343,7 +353,7 @@ async def confirmed_publish(ctx: Context) -> list[Point]:
     body = payload(cfg.message_size)
     point = Point("confirmed_publish", {"size": cfg.message_size, "count": base})
     for i in range(ctx.total_runs):
-        ctx.detail(ctx.run_label(i))
+        ctx.begin(ctx.run_label(i))
         n = ctx.count("confirmed_publish", base)
         cost = ctx.meter()
         with cost:
@@ -368,7 +378,7 @@ async def batched_publish(ctx: Context) -> list[Point]:
     items = [body] * batch
     point = Point("batched_publish", {"size": cfg.message_size, "count": base, "batch": batch})
     for i in range(ctx.total_runs):
-        ctx.detail(ctx.run_label(i))
+        ctx.begin(ctx.run_label(i))
         n = ctx.count("batched_publish", base)
         cost = ctx.meter()
         with cost:
@@ -437,7 +447,7 @@ async def _backlog_drains(
     if ctx.driver.cheap_join:
         point.notes.append("consumers join per run, after the backlog is published, on the clock")
         for i in range(ctx.total_runs):
-            ctx.detail(f"{label}{ctx.run_label(i)}")
+            ctx.begin(f"{label}{ctx.run_label(i)}")
             n = ctx.count(key, count)
             metrics, filled = await timed_fill(n)
             consumers = [dr.consumer(topic, group, cfg.prefetch) for dr in drivers]
@@ -463,7 +473,7 @@ async def _backlog_drains(
     if ctx.unsized(key):
         # a sizing drain of its own (topic, group, join) before the backlogs are
         # published: a stretch of the one long drain cannot size the others
-        ctx.detail(f"{label}sizing run")
+        ctx.begin(f"{label}sizing run")
         sizing_topic = f"{topic}-sizing"
         ctx.topics.append(sizing_topic)
         sizing_group = ctx.group("sizing")
@@ -481,7 +491,7 @@ async def _backlog_drains(
     point.params["count"] = count
     fills = []
     for i in range(ctx.total_runs):
-        ctx.detail(f"{label}fill {i + 1}/{ctx.total_runs}")
+        ctx.begin(f"{label}fill {i + 1}/{ctx.total_runs}")
         fills.append(await timed_fill(count))
     consumers = [dr.consumer(topic, group, cfg.prefetch) for dr in drivers]
     ctx.detail(f"{label}joining")
@@ -496,8 +506,8 @@ async def _backlog_drains(
         if handled % count == 0:
             marks.append(now())
 
+    ctx.begin(f"{label}draining {ctx.total_runs} x {count}")
     cost = ctx.meter()
-    ctx.detail(f"{label}draining {ctx.total_runs} x {count}")
     try:
         t_start = now()
         await drain(
@@ -605,7 +615,7 @@ async def fanout(ctx: Context) -> list[Point]:
 
     try:
         for i in range(ctx.total_runs):
-            ctx.detail(ctx.run_label(i))
+            ctx.begin(ctx.run_label(i))
             n = ctx.count("fanout", base)
             cost = ctx.meter()
             elapsed = await drain(
@@ -756,13 +766,13 @@ async def latency(ctx: Context) -> list[Point]:
             # one histogram per rate over every round: the curve covers all runs
             merged = ctx.carry.setdefault(("latency", rate), LatencyHistogram())
             if lc.warmup_s > 0:
-                ctx.detail(f"{rate}/s warm-up")
+                ctx.begin(f"{rate}/s warm-up")
                 await _latency_run(
                     ctx, consumer, topic, rate=rate, duration_s=lc.warmup_s, merged=None
                 )
             runs = lc.runs or cfg.runs
             for i in range(runs):
-                ctx.detail(f"{rate}/s run {i + 1}/{runs}")
+                ctx.begin(f"{rate}/s run {i + 1}/{runs}")
                 cost = ctx.meter()
                 metrics = await _latency_run(
                     ctx,
@@ -794,7 +804,7 @@ async def _ramp(ctx: Context, consumer: Consumer, topic: str) -> Point:
     rate = float(ramp.start)
     steps = []
     while rate <= ramp.max_rate:
-        ctx.detail(f"ramp {rate:.0f}/s")
+        ctx.begin(f"ramp {rate:.0f}/s")
         m = await _latency_run(ctx, consumer, topic, rate=rate, duration_s=ramp.step_s, merged=None)
         ok = m["p99_ms"] <= ramp.p99_limit_ms and m["lost"] == 0 and m["sent_rate"] >= 0.95 * rate
         steps.append(f"{rate:.0f}/s p99 {m['p99_ms']:.1f} ms {'ok' if ok else 'FAIL'}")
@@ -879,7 +889,7 @@ async def job_roundtrip(ctx: Context) -> list[Point]:
             point.add({"jobs_s": n / elapsed, "p50_ms": pct["p50"], "p99_ms": pct["p99"]}, cost)
 
     def start(i: int) -> None:
-        ctx.detail(ctx.run_label(i))
+        ctx.begin(ctx.run_label(i))
         reset(n)
 
     async def publish() -> None:
@@ -966,7 +976,7 @@ async def rpc(ctx: Context) -> list[Point]:
     now = time.monotonic_ns
     async with worker:
         for i in range(ctx.total_runs):
-            ctx.detail(ctx.run_label(i))
+            ctx.begin(ctx.run_label(i))
             n = ctx.count("rpc", cfg.rpc.count)
             samples = []
             cost = ctx.meter()
