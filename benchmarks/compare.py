@@ -5,7 +5,10 @@ range: the spread the first report gave holds the second run's figure. (Until
 2026-12-01 a figure also counted when the previous median lay inside this run's range,
 a laxer test: 98 % of figures pass it at random with 6 runs a figure, 91 % pass this
 one.) The report of the newer run gets a section listing the share that reproduced
-and the figures that moved most.
+and the figures that moved most, and the common shift: the median speed change of all
+figures between the runs (a shared machine's speed moves them together) and the share
+that reproduces once it is taken out, which tells the machine's drift from each
+figure's own noise.
 """
 
 from __future__ import annotations
@@ -49,6 +52,27 @@ class Delta:
     behind: bool = False
     """A latency figure whose run fell behind its rate in either run (see
     :meth:`benchmarks.results.PointResult.fell_behind`)."""
+    low: float = 0.0
+    high: float = 0.0
+    """The previous run's min-max of this figure."""
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric.endswith("_ms")
+
+    @property
+    def speed(self) -> float:
+        """How much faster this run measured the figure (after / before for a rate,
+        before / after for a latency; 1.0 unchanged, 0.0 where either is 0)."""
+        if self.before <= 0 or self.after <= 0:
+            return 0.0
+        return self.before / self.after if self.lower_is_better else self.after / self.before
+
+    def within_shifted(self, speed: float) -> bool:
+        """Whether this run's median, with a common speed change ``speed`` taken out,
+        lies inside the previous run's min-max."""
+        after = self.after * speed if self.lower_is_better else self.after / speed
+        return self.low <= after <= self.high
 
     @property
     def change(self) -> float:
@@ -76,6 +100,28 @@ class Comparison:
     def reproduced(self) -> int:
         return sum(d.within for d in self.deltas)
 
+    @property
+    def shift(self) -> float | None:
+        """The machine's common speed change between the runs: the median over the
+        figures of how much faster this run measured each (geometric: 1.05 is 5 %
+        faster; None without figures). A shared machine's speed moves every figure
+        at once (the CPU probe does not always see it: memory:// figures moved with
+        the brokers' while the probe stood still)."""
+        speeds = [d.speed for d in self.deltas if d.speed > 0]
+        if not speeds:
+            return None
+        return math.exp(statistics.median(math.log(x) for x in speeds))
+
+    @property
+    def reproduced_shifted(self) -> int:
+        """Figures inside the previous run's min-max once :attr:`shift` is taken out
+        of this run's: what each figure's own noise, not the machine's overall speed,
+        leaves outside."""
+        shift = self.shift
+        if shift is None:
+            return 0
+        return sum(d.within_shifted(shift) for d in self.deltas)
+
     def markdown(self, worst: int = 15) -> str:
         n = len(self.deltas)
         if not n:
@@ -96,6 +142,18 @@ class Comparison:
                 "of their figure wide"
             )
         lines.append(line + ".")
+        shift = self.shift
+        if shift is not None:
+            same_way = sum((d.speed > 1) == (shift > 1) for d in self.deltas if d.speed != 1)
+            shifted = self.reproduced_shifted
+            lines.append(
+                f"Together the figures ran a median {100 * abs(shift - 1):.1f}% "
+                f"{'faster' if shift > 1 else 'slower'} than in the previous run ({same_way} of "
+                f"{n} moved that way); with that common shift taken out, {shifted} of {n} "
+                f"({100 * shifted / n:.0f}%) lie inside the previous run's min-max (the "
+                "shift is what moved every figure at once: the machine's speed, or a change "
+                "of code between the runs; the rest is each figure's own)."
+            )
         reproduced, compared = self.ratios
         if compared:
             lines.append(
@@ -217,7 +275,18 @@ def compare(
             )
             behind = p.fell_behind() or old.fell_behind()
             deltas.append(
-                Delta(p.target, p.workload, params, metric, o.median, s.median, within, behind)
+                Delta(
+                    p.target,
+                    p.workload,
+                    params,
+                    metric,
+                    o.median,
+                    s.median,
+                    within,
+                    behind,
+                    low=o.min,
+                    high=o.max,
+                )
             )
     widths = [
         (s.max - s.min) / s.median

@@ -160,6 +160,57 @@ def test_a_figure_reproduces_only_inside_the_previous_runs_spread() -> None:
     assert compare(run([90, 100, 110]), run([95, 105, 130])).reproduced == 1
 
 
+def test_a_common_shift_of_every_figure_is_told_apart_from_each_figures_noise() -> None:
+    """Every figure 5 % faster (latencies 5 % lower) and each spread +-2 %: none
+    reproduces, and the comparison says that the machine moved them all by 5 %, within
+    which each reproduces; one figure that moved on its own stays outside."""
+    from benchmarks.compare import compare
+
+    def run(speed: float, odd: float = 1.0) -> Results:
+        points = [
+            PointResult(
+                target=f"redis/{side}",
+                backend="redis",
+                side=side,
+                workload=workload,
+                params={"size": 1024},
+                metrics={
+                    metric: summarize(
+                        [v * (1 / speed if metric.endswith("_ms") else speed) for v in values]
+                    )
+                },
+            )
+            for side in ("bus", "raw")
+            for workload, metric, values in (
+                ("consume_ack", "msg_s", [980.0, 1000.0, 1020.0]),
+                ("confirmed_publish", "msg_s", [490.0, 500.0, 510.0]),
+                ("rpc", "p99_ms", [1.96, 2.0, 2.04]),
+            )
+        ]
+        points.append(
+            PointResult(
+                target="redis/bus",
+                backend="redis",
+                side="bus",
+                workload="fanout",
+                params={"size": 1024},
+                metrics={"deliveries_s": summarize([v * speed * odd for v in (98, 100, 102)])},
+            )
+        )
+        return _results(points, ["redis"])
+
+    comparison = compare(run(1.0), run(1.05, odd=1.5))
+    assert comparison.reproduced == 0
+    assert comparison.shift == pytest.approx(1.05)
+    assert comparison.reproduced_shifted == 6  # all but the fan-out, which moved on its own
+    text = comparison.markdown()
+    assert "ran a median 5.0% faster than in the previous run (7 of 7 moved that way)" in text
+    assert "6 of 7 (86%) lie inside the previous run's min-max" in text
+    slower = compare(run(1.0), run(1 / 1.05))
+    assert slower.reproduced_shifted == 7
+    assert "4.8% slower" in slower.markdown()  # 1 / 1.05
+
+
 async def test_a_backlog_drain_opens_its_consumers_on_the_clock() -> None:
     """Consumers of a cheap-join backend are opened by the drain itself, after its
     clock started: a consumer that starts receiving when it opens (the library's
