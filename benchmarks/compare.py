@@ -144,7 +144,9 @@ class Comparison:
         lines.append(line + ".")
         shift = self.shift
         if shift is not None:
-            same_way = sum((d.speed > 1) == (shift > 1) for d in self.deltas if d.speed != 1)
+            same_way = sum(
+                (d.speed > 1) == (shift > 1) for d in self.deltas if d.speed > 0 and d.speed != 1
+            )
             shifted = self.reproduced_shifted
             lines.append(
                 f"Together the figures ran a median {100 * abs(shift - 1):.1f}% "

@@ -17,8 +17,8 @@ generations. The collector keeps running during the runs: the collections that w
 a run allocates triggers, and the traversal of what it allocated, still count, on
 both sides of each ratio alike; what no longer counts is the size of the harness,
 nor where an earlier run left the collector's counters. With it, the same bench on
-memory:// and Redis had 2 automatic full collections (both outside the runs),
-against 49; the explicit ones took a median 0.1 ms. :func:`release` (after each
+memory:// and Redis had 2 automatic full collections in all, against 49; the
+explicit ones took a median 0.1 ms. :func:`release` (after each
 backend's pass, and at the end) puts the frozen objects back so that those that
 became garbage meanwhile (closed connections, finished workloads) are collected.
 """
