@@ -219,6 +219,53 @@ async def test_a_foreign_record_keeps_its_id_when_redelivered_from_a_copy(
     assert again.attempt == 2
 
 
+async def _topics(broker: Broker) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(broker))
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def test_a_late_reply_does_not_bring_back_the_inbox_of_a_requester_that_closed(
+    kafka_broker: Broker,
+) -> None:
+    """A requester times out and closes, deleting its ``_inbox.<id>`` topic. The
+    replies that come later, from a responder that replied to it before and from one
+    that never did, are dropped: neither creates the inbox again (nobody would ever
+    delete it), and neither responder gets an error."""
+    topic = _topic("latereply")
+    async with (
+        bus.connect(kafka_broker.url, **FAST) as seasoned,
+        bus.connect(kafka_broker.url, **FAST) as newcomer,
+    ):
+        await seasoned.declare(topic, groups=["g", "g2"])
+        async with (
+            seasoned.subscribe(topic, group="g") as sub,
+            newcomer.subscribe(topic, group="g2") as sub2,
+        ):
+            async with bus.connect(kafka_broker.url, **FAST) as requester:
+                asked = asyncio.create_task(requester.request(topic, b"first", timeout=30))
+                first, other = await sub.receive(timeout=15), await sub2.receive(timeout=15)
+                await first.reply(b"in time")  # the newcomer leaves this one to it
+                await first.ack()
+                await other.ack()
+                assert (await asked).data == b"in time"
+                inbox = first.message.reply_to
+                assert inbox is not None
+                assert inbox in await _topics(kafka_broker)
+                with pytest.raises(bus.RequestTimeout):
+                    await requester.request(topic, b"late", timeout=3)
+                late, late2 = await sub.receive(timeout=15), await sub2.receive(timeout=15)
+            assert inbox not in await _topics(kafka_broker)
+            for delivery in (late, late2):
+                assert delivery.message.reply_to == inbox
+                await asyncio.wait_for(delivery.reply(b"too late"), 10)
+                await delivery.ack()
+            assert inbox not in await _topics(kafka_broker)
+
+
 async def test_publish_many_writes_record_batches_split_by_size_keeping_key_order(
     kafka_broker: Broker,
 ) -> None:

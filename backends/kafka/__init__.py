@@ -5,7 +5,9 @@ Mapping:
 =====================  ==================================================================
 topic                  Kafka topic, created on demand (``partitions``, default 3;
                        ``replication_factor``, default the broker's); reply inboxes
-                       ``_inbox.<id>`` get one partition and are deleted at close
+                       ``_inbox.<id>`` get one partition and are deleted at close; a
+                       reply never creates one (a late reply to a requester that
+                       closed is dropped)
 message                one record: value = payload bytes, untouched; attributes and user
                        headers as record headers (CloudEvents Kafka binding: ``ce_id``,
                        ``ce_type``, ``content-type``, ...); ``key`` = record key

@@ -33,14 +33,23 @@ __all__ = ["CAPABILITIES", "DEFAULT_MESSAGE_MAX_BYTES", "KafkaBackend", "group_i
 
 log = logging.getLogger(__name__)
 
+
+class _InboxGone(PublishError):
+    """A reply's inbox topic does not exist: its requester closed (and deleted it)."""
+
+
 #: Kafka's default ``message.max.bytes`` (1 MiB + 12), used when the broker does not
 #: report its own (Tansu reports no configuration at all).
 DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
 #: Kept free below the broker's limit for the CloudEvents headers and batch framing,
 #: which the library's size check (payload + user headers) does not count.
 _HEADROOM = 1024
+#: Reply inboxes: ``_inbox.<id>``, one per requesting connection.
+_INBOX_PREFIX = "_inbox."
+#: Seconds before a reply inbox the broker does not list is looked up again.
+_INBOX_RECHECK = 0.5
 #: Topics whose names start with these get one partition (reply inboxes).
-_SINGLE_PARTITION_PREFIXES = ("_inbox.",)
+_SINGLE_PARTITION_PREFIXES = (_INBOX_PREFIX,)
 #: Kafka error code of a topic the broker does not know (a delete is then done).
 _ERR_UNKNOWN_TOPIC = 3
 _ERR_TOPIC_EXISTS = 36
@@ -361,6 +370,23 @@ class KafkaBackend(Backend):
                     )
             self._topics.add(topic)
 
+    async def _existing_inbox(self, topic: str) -> None:
+        """A write never creates a reply inbox (its owner's subscription does): a late
+        reply would bring back an inbox its owner deleted at close, which nobody would
+        ever delete. Raises :class:`_InboxGone` when the broker does not list it, twice
+        :data:`_INBOX_RECHECK` s apart (in a cluster a new topic reaches each broker's
+        metadata a moment after its creation); broker errors propagate, for the
+        write's retries."""
+        if topic in self._topics:
+            return
+        for attempt in range(2):
+            if topic in await self.admin.list_topics():
+                self._topics.add(topic)
+                return
+            if attempt == 0:
+                await asyncio.sleep(_INBOX_RECHECK)
+        raise _InboxGone(f"the inbox {topic!r} does not exist (its requester closed)")
+
     async def _topic_exists(self, topic: str) -> bool:
         with contextlib.suppress(KafkaError):
             return topic in await self.admin.list_topics()
@@ -564,10 +590,37 @@ class KafkaBackend(Backend):
             self.forget_topic(topic)
             await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
+    async def reply(self, message: Message) -> None:
+        """Send a reply to its requester's inbox; a reply whose inbox is gone (the
+        requester closed, deleting it) is dropped with a log line, as a broker with
+        native replies drops one for a requester that left."""
+        try:
+            await super().reply(message)
+        except _InboxGone as exc:
+            log.info("kafka reply %s dropped: %s", message.id, exc)
+        except PublishError:
+            # A write to an inbox this connection knew, deleted since, fails as the
+            # broker sees fit (Tansu: UnknownError, not retriable): gone, the reply is
+            # dropped like one to an inbox never seen; there, the write's error stands.
+            if not message.topic.startswith(_INBOX_PREFIX):
+                raise
+            self.forget_topic(message.topic)
+            try:
+                await self._existing_inbox(message.topic)
+            except _InboxGone as exc:
+                log.info("kafka reply %s dropped: %s", message.id, exc)
+                return
+            except (KafkaError, TimeoutError, OSError):
+                pass  # the broker cannot say: the write's error stands
+            raise
+
     async def _send_once(
         self, topic: str, records: Sequence[Outgoing]
     ) -> list[BaseException | None]:
-        await self.ensure_topic(topic)
+        if topic.startswith(_INBOX_PREFIX):
+            await self._existing_inbox(topic)
+        else:
+            await self.ensure_topic(topic)
         producer = self.producer
         if len(records) > 1:
             return await send_batches(producer, topic, records)
