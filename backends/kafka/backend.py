@@ -600,8 +600,9 @@ class KafkaBackend(Backend):
             log.info("kafka reply %s dropped: %s", message.id, exc)
         except PublishError:
             # A write to an inbox this connection knew, deleted since, fails as the
-            # broker sees fit (Tansu: UnknownError, not retriable): gone, the reply is
-            # dropped like one to an inbox never seen; there, the write's error stands.
+            # broker sees fit (Tansu: UnknownError, not retriable). If the inbox is
+            # gone, the reply is dropped like one to an inbox never seen; if it still
+            # exists, the write's error stands.
             if not message.topic.startswith(_INBOX_PREFIX):
                 raise
             self.forget_topic(message.topic)
